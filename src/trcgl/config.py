@@ -1,0 +1,262 @@
+"""Typed, validated configuration. Defaults are the paper's (METHOD.md); presets are YAML.
+
+A configuration is a tree of dataclasses. :func:`load_config` reads a YAML file (or a preset
+shipped with trcgl, by name), applies ``key.sub=value`` overrides, and checks every key and type
+before any work starts: an unknown key, a wrong type or an impossible value raises
+:class:`~trcgl.errors.ConfigError` naming the key.
+
+Paths in a configuration are taken relative to the current directory; a value starting with
+``trcgl://`` names a file shipped inside the trcgl package (e.g. the NIH demo sample).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trcgl.errors import ConfigError
+
+PRESET_DIR = "configs"
+PACKAGE_SCHEME = "trcgl://"
+
+
+@dataclass
+class DataConfig:
+    """Where the labels and images are, and how to read them."""
+
+    #: ``cxrlt`` (CXR-LT 2026 CSV), ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV),
+    #: ``plain`` (image, patient_id, labels).
+    format: Literal["cxrlt", "padchest", "nih", "plain"] = "padchest"
+    #: The label CSV. ``None``: for ``padchest`` and ``nih``, the copy shipped inside the
+    #: installed ``torchxrayvision`` wheel.
+    labels_csv: str | None = None
+    #: Folder the manifest's image paths are relative to. ``None``: labels only.
+    image_root: str | None = None
+    #: Class vocabulary: ``cxrlt30`` or ``nih15``; ``None`` picks the format's own. A plain CSV
+    #: may instead list its classes in ``classes``.
+    vocabulary: str | None = None
+    classes: list[str] | None = None
+    #: Raw-PadChest → CXR-LT mapping table: a shipped table's name or a CSV path.
+    mapping: str = "padchest_to_cxrlt30_v1.csv"
+    #: Projections (views) to keep; ``None`` keeps all.
+    projections: list[str] | None = field(default_factory=lambda: ["PA", "AP", "AP_horizontal", "L"])
+    #: Exclusion lists of image ids (shipped names or paths).
+    exclude: list[str] = field(default_factory=list)
+    #: Skip (and list) missing or corrupt images instead of stopping with an error.
+    skip_corrupt: bool = False
+
+
+@dataclass
+class SplitConfig:
+    """Patient-level multilabel-stratified split (fractions of patients)."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class GroupsConfig:
+    """Head / medium / tail thresholds on training counts (METHOD.md §0)."""
+
+    mode: Literal["absolute", "quantile"] = "absolute"
+    #: head: n_c > head; with ``quantile``, a quantile of the class counts.
+    head: float = 5000
+    #: tail: n_c < tail; with ``quantile``, a quantile of the class counts.
+    tail: float = 500
+
+
+@dataclass
+class GraphConfig:
+    """Label co-occurrence graph (Eq. 15–20)."""
+
+    tau: float = 0.02
+    #: Build the graph from synthetic rows too (the authors' code did; the paper's form is not).
+    include_synthetic: bool = False
+
+
+@dataclass
+class ImagesConfig:
+    """Preprocessing cache: images resized once to ``size`` px, 8-bit PNG."""
+
+    size: int = 224
+    #: Cache folder; ``None``: ``<run dir>/cache``.
+    cache_dir: str | None = None
+    workers: int = 2
+
+
+@dataclass
+class Config:
+    """An experiment: one section per stage."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def validate(self) -> None:
+        """Check values that types alone do not catch."""
+        s, g, i = self.split, self.groups, self.images
+        if not 0 < s.val_fraction < 1:
+            raise ConfigError(f"split.val_fraction must lie in (0, 1), got {s.val_fraction}")
+        if not 0 <= s.test_fraction < 1 or s.val_fraction + s.test_fraction >= 1:
+            raise ConfigError("split.test_fraction must be >= 0 with val_fraction + test_fraction < 1")
+        if g.mode == "quantile" and not 0 <= g.tail <= g.head <= 1:
+            raise ConfigError("groups.head and groups.tail must be quantiles with 0 <= tail <= head <= 1")
+        if g.mode == "absolute" and not 0 <= g.tail <= g.head:
+            raise ConfigError("groups.tail must not exceed groups.head")
+        if not 0 <= self.graph.tau < 1:
+            raise ConfigError(f"graph.tau must lie in [0, 1), got {self.graph.tau}")
+        if i.size < 16:
+            raise ConfigError(f"images.size must be at least 16, got {i.size}")
+        if i.workers < 1:
+            raise ConfigError(f"images.workers must be at least 1, got {i.workers}")
+        if self.data.format == "plain" and not (self.data.classes or self.data.vocabulary):
+            raise ConfigError("data.format 'plain' needs data.classes or data.vocabulary")
+        if self.data.format == "plain" and self.data.labels_csv is None:
+            raise ConfigError("data.labels_csv is required for data.format 'plain'")
+        if self.data.format == "cxrlt" and self.data.labels_csv is None:
+            raise ConfigError("data.labels_csv is required for data.format 'cxrlt'")
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to ``tp`` where lossless (int → float), else raise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown configuration key {full!r}; known: {sorted(names)}")
+        kwargs[key] = _check_type(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["data.image_root=/x", "split.seed=3"]`` → pairs; values are parsed as YAML."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("trcgl").joinpath(PRESET_DIR)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_or_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = resources.files("trcgl").joinpath(PRESET_DIR, f"{name_or_path}.yaml")
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ConfigError(
+        f"config {str(name_or_path)!r} is neither a file nor a preset; presets: {preset_names()}"
+    )
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file or shipped preset, apply ``key=value`` overrides, validate."""
+    tree: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = _preset_or_path(name_or_path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        tree = loaded or {}
+    for key, value in parse_overrides(list(overrides)):
+        _set(tree, key, value)
+    config = _build(Config, tree)
+    config.validate()
+    return config
+
+
+def resolve_path(value: str | None) -> Path | None:
+    """A configured path as a real path; ``trcgl://x`` is the file ``x`` inside the package."""
+    if value is None:
+        return None
+    if value.startswith(PACKAGE_SCHEME):
+        return Path(str(resources.files("trcgl").joinpath(value.removeprefix(PACKAGE_SCHEME))))
+    return Path(value).expanduser()

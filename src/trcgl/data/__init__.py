@@ -1,0 +1,1 @@
+"""Data layer: readers → manifest, class vocabularies, splits, image I/O, torch datasets."""

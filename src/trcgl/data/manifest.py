@@ -1,0 +1,111 @@
+"""The manifest: one table, one row per image, that every reader returns.
+
+Columns, in order: ``image`` (path relative to the image root, or absolute), ``image_id`` (the
+name used in submissions, e.g. CXR-LT's ``ImageID``), ``patient_id``, ``view``, ``split``
+(``train`` / ``val`` / ``test``), ``source`` (``real`` / ``synthetic``), ``weight`` (per-sample
+loss weight), optional text columns (``localizations``: PadChest's English
+``LabelsLocalizationsBySentence``; ``prompt``), then one 0/1 column per class, named by the
+class, in vocabulary order. The class order is stored with the table (parquet metadata), so a
+manifest is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trcgl.errors import DataError
+from trcgl.files import atomic_path
+
+META_COLUMNS: tuple[str, ...] = ("image", "image_id", "patient_id", "view", "split", "source", "weight")
+TEXT_COLUMNS: tuple[str, ...] = ("localizations", "prompt")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_METADATA_KEY = b"trcgl.classes"
+
+
+@dataclass
+class Manifest:
+    """A manifest table and its class order."""
+
+    frame: pd.DataFrame
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)
+        clash = set(self.classes) & set(META_COLUMNS + TEXT_COLUMNS)
+        if clash:
+            raise DataError(f"class names clash with manifest columns: {sorted(clash)}")
+        missing = [c for c in (*META_COLUMNS, *self.classes) if c not in self.frame.columns]
+        if missing:
+            raise DataError(f"manifest lacks column(s) {missing}")
+        text = [c for c in TEXT_COLUMNS if c in self.frame.columns]
+        self.frame = self.frame[[*META_COLUMNS, *text, *self.classes]].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def labels(self) -> np.ndarray:
+        """The N×C 0/1 label matrix (uint8) in class order."""
+        return self.frame[list(self.classes)].to_numpy(dtype=np.uint8)
+
+    def subset(self, split: str | None = None, source: str | None = None) -> Manifest:
+        """Rows of one split and/or one source."""
+        mask = pd.Series(True, index=self.frame.index)
+        if split is not None:
+            mask &= self.frame["split"] == split
+        if source is not None:
+            mask &= self.frame["source"] == source
+        return Manifest(self.frame[mask], self.classes)
+
+    def save(self, path: str | Path) -> None:
+        """Write the manifest as parquet (atomically), class order in the file's metadata."""
+        table = pa.Table.from_pandas(self.frame, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[_METADATA_KEY] = json.dumps(list(self.classes)).encode()
+        table = table.replace_schema_metadata(meta)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        """Read a manifest written by :meth:`save`."""
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        if _METADATA_KEY not in meta:
+            raise DataError("not a trcgl manifest (no class list in its metadata)", path=path)
+        classes = tuple(json.loads(meta[_METADATA_KEY]))
+        return cls(table.to_pandas(), classes)
+
+
+def build_manifest(
+    records: pd.DataFrame,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+) -> Manifest:
+    """Assemble a manifest from per-row metadata and an N×C label matrix.
+
+    ``records`` needs ``image``, ``image_id``, ``patient_id``; ``view`` and the text columns
+    are optional. ``split`` starts empty, ``source`` is ``real`` and ``weight`` 1.0.
+    """
+    frame = pd.DataFrame(
+        {
+            "image": records["image"].astype(str).to_numpy(),
+            "image_id": records["image_id"].astype(str).to_numpy(),
+            "patient_id": records["patient_id"].astype(str).to_numpy(),
+            "view": records["view"].astype(str).to_numpy() if "view" in records else "",
+            "split": "",
+            "source": "real",
+            "weight": np.ones(len(records), dtype=np.float32),
+        }
+    )
+    for col in TEXT_COLUMNS:
+        if col in records:
+            frame[col] = records[col].fillna("").astype(str).to_numpy()
+    label_frame = pd.DataFrame(labels.astype(np.uint8), columns=list(classes))
+    return Manifest(pd.concat([frame, label_frame], axis=1), classes)

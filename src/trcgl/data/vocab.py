@@ -1,0 +1,144 @@
+"""Class vocabularies and the raw-PadChest → CXR-LT mapping table (METHOD.md §0).
+
+The mapping is data, not code: ``resources/padchest_to_cxrlt30_v1.csv`` lists every raw
+PadChest finding with the CXR-LT class it counts toward (one finding may count toward two
+classes, e.g. a central venous catheter is also a support device) or an empty class when it is
+left unmapped. The table approximates the CXR-LT 2026 challenge's own harmonisation, which
+is not published; its per-class counts on the real CSV are in the README.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from trcgl.errors import DataError
+
+#: The 30 classes of CXR-LT 2026 task 1, in the challenge's column order.
+CXRLT_CLASSES: tuple[str, ...] = (
+    "Normal",
+    "aortic elongation",
+    "cardiomegaly",
+    "pleural effusion",
+    "Nodule",
+    "atelectasis",
+    "pleural thickening",
+    "aortic atheromatosis",
+    "Support Devices",
+    "alveolar pattern",
+    "fracture",
+    "Hernia",
+    "Emphysema",
+    "azygos lobe",
+    "Hydropneumothorax",
+    "Kyphosis",
+    "Mass",
+    "Pneumothorax",
+    "Subcutaneous Emphysema",
+    "pneumoperitoneo",
+    "vascular hilar enlargement",
+    "vertebral degenerative changes",
+    "hyperinflated lung",
+    "interstitial pattern",
+    "central venous catheter",
+    "hypoexpansion",
+    "bronchiectasis",
+    "hemidiaphragm elevation",
+    "sternotomy",
+    "calcified densities",
+)
+
+#: NIH ChestX-ray14: the 14 findings in the order of Wang et al. (2017), then "No Finding".
+NIH_CLASSES: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+    "No Finding",
+)
+
+VOCABULARIES: dict[str, tuple[str, ...]] = {"cxrlt30": CXRLT_CLASSES, "nih15": NIH_CLASSES}
+
+DEFAULT_PADCHEST_MAPPING = "padchest_to_cxrlt30_v1.csv"
+
+
+def vocabulary(name: str) -> tuple[str, ...]:
+    """Return the class names of a named vocabulary (``cxrlt30`` or ``nih15``)."""
+    try:
+        return VOCABULARIES[name]
+    except KeyError:
+        raise DataError(
+            f"unknown vocabulary {name!r}; known: {', '.join(sorted(VOCABULARIES))}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class FindingMapping:
+    """Raw finding → target classes. ``unmapped`` findings are known but count toward none."""
+
+    name: str
+    targets: dict[str, tuple[str, ...]]
+
+    @property
+    def unmapped(self) -> tuple[str, ...]:
+        return tuple(sorted(f for f, t in self.targets.items() if not t))
+
+    def classes_of(self, finding: str) -> tuple[str, ...] | None:
+        """Target classes of a finding, ``()`` when unmapped, ``None`` when unknown."""
+        return self.targets.get(finding)
+
+
+def mapping_path(name_or_path: str | Path = DEFAULT_PADCHEST_MAPPING) -> Path:
+    """Resolve a mapping table: a file path, or the name of a table shipped with trcgl."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = resources.files("trcgl.resources").joinpath(str(name_or_path))
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise DataError(f"mapping table not found: {name_or_path}", path=name_or_path)
+
+
+def load_mapping(
+    name_or_path: str | Path = DEFAULT_PADCHEST_MAPPING,
+    classes: tuple[str, ...] = CXRLT_CLASSES,
+) -> FindingMapping:
+    """Read a mapping table (CSV with columns ``finding``, ``class``).
+
+    Every ``class`` must be one of ``classes`` or empty (known but unmapped finding).
+    """
+    path = mapping_path(name_or_path)
+    known = set(classes)
+    targets: dict[str, list[str]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"finding", "class"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"missing column(s) {sorted(missing)}", path=path)
+        for line, row in enumerate(reader, start=2):
+            finding = (row["finding"] or "").strip()
+            cls = (row["class"] or "").strip()
+            if not finding:
+                raise DataError("empty finding", path=path, row=line, column="finding")
+            if cls and cls not in known:
+                raise DataError(f"unknown class {cls!r}", path=path, row=line, column="class")
+            entry = targets.setdefault(finding, [])
+            if cls and cls not in entry:
+                entry.append(cls)
+    order = {c: i for i, c in enumerate(classes)}
+    return FindingMapping(
+        name=path.stem,
+        targets={f: tuple(sorted(t, key=order.__getitem__)) for f, t in targets.items()},
+    )

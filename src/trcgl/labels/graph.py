@@ -1,0 +1,84 @@
+"""The label co-occurrence graph of TRCGL-Net (Eq. 15–20).
+
+Built from the *training* label matrix only, saved as safetensors with the class order, and
+loaded with the model so that inference needs no training data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from trcgl.errors import DataError
+from trcgl.files import atomic_path
+
+
+def cooccurrence(y: np.ndarray) -> np.ndarray:
+    """Eq. 15: Q = YᵀY for the N×C 0/1 label matrix Y (Q_ii = n_i, Q_ij = joint count)."""
+    y = np.asarray(y, dtype=np.float64)
+    return y.T @ y
+
+
+def normalized_adjacency(q: np.ndarray, tau: float = 0.02) -> np.ndarray:
+    """Eq. 16–20: from co-occurrence counts Q to the normalised adjacency A.
+
+    Eq. 16: Q̃_ij = Q_ij / Σ_j Q_ij (a row without positives stays zero, no NaN).
+    Eq. 17: Q̃ ← (Q̃ + Q̃ᵀ) / 2.   Eq. 18: Q̃_ij ← 0 where Q̃_ij < τ.
+    Eq. 19: Q̃ ← Q̃ + I.          Eq. 20: A = D^{-½} Q̃ D^{-½}, D_ii = Σ_j Q̃_ij (≥ 1 after Eq. 19).
+    """
+    q = np.asarray(q, dtype=np.float64)
+    row = q.sum(axis=1, keepdims=True)
+    qt = np.divide(q, row, out=np.zeros_like(q), where=row > 0)
+    qt = (qt + qt.T) / 2
+    qt = np.where(qt < tau, 0.0, qt)
+    qt = qt + np.eye(len(qt))
+    d = qt.sum(axis=1)
+    inv_sqrt = 1.0 / np.sqrt(d)
+    return inv_sqrt[:, None] * qt * inv_sqrt[None, :]
+
+
+@dataclass
+class LabelGraph:
+    """Adjacency A (C×C), co-occurrence Q, the class order and τ."""
+
+    adjacency: np.ndarray
+    cooccurrence: np.ndarray
+    classes: tuple[str, ...]
+    tau: float
+
+    @classmethod
+    def from_labels(cls, y: np.ndarray, classes: Sequence[str], tau: float = 0.02) -> LabelGraph:
+        if y.shape[1] != len(classes):
+            raise ValueError(f"label matrix has {y.shape[1]} columns for {len(classes)} classes")
+        q = cooccurrence(y)
+        return cls(normalized_adjacency(q, tau), q, tuple(classes), float(tau))
+
+    def save(self, path: str | Path) -> None:
+        """Write ``adjacency`` and ``cooccurrence`` tensors; classes and τ in the metadata."""
+        tensors = {
+            "adjacency": torch.from_numpy(np.ascontiguousarray(self.adjacency, dtype=np.float32)),
+            "cooccurrence": torch.from_numpy(np.ascontiguousarray(self.cooccurrence)),
+        }
+        meta = {"classes": json.dumps(list(self.classes)), "tau": repr(self.tau)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelGraph:
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                adjacency = fh.get_tensor("adjacency").double().numpy()
+                q = fh.get_tensor("cooccurrence").double().numpy()
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"cannot read label graph: {exc}", path=path) from exc
+        if "classes" not in meta:
+            raise DataError("label graph has no class list in its metadata", path=path)
+        return cls(adjacency, q, tuple(json.loads(meta["classes"])), float(meta.get("tau", "nan")))

@@ -1,0 +1,301 @@
+"""The ``prepare`` stage: labels (and images) → manifest, split, label statistics, graph.
+
+Outputs in the run directory (each written atomically; ``prepare.json`` last, so its presence
+means the stage is complete):
+
+* ``config.yaml``: the resolved configuration;
+* ``manifest.parquet``: one row per image with its split;
+* ``label_stats.csv`` / ``label_stats.json``: per-class image and patient counts per split,
+  frequency groups and their thresholds, rows dropped and why, raw findings left unmapped;
+* ``label_graph.safetensors``: the graph of Eq. 15–20 from the training split;
+* ``figures/label_statistics.png``: Fig. 2;
+* ``cache/<size>/``: the images resized once (when an image root is given);
+* ``skipped_images.csv``: images skipped as missing or corrupt (only with ``skip_corrupt``).
+
+All input checks run before the first file is written, so a bad input leaves nothing
+half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trcgl import __version__
+from trcgl.config import Config, resolve_path
+from trcgl.data.cache import build_image_cache
+from trcgl.data.manifest import SPLITS, Manifest
+from trcgl.data.readers import (
+    NIH_CSV_NAME,
+    PADCHEST_CSV_NAME,
+    ReadResult,
+    apply_filters,
+    installed_label_csv,
+    read_cxrlt,
+    read_exclusion_list,
+    read_nih,
+    read_padchest,
+    read_plain,
+)
+from trcgl.data.split import split_patients
+from trcgl.data.vocab import vocabulary
+from trcgl.errors import ConfigError, DataError
+from trcgl.evaluation.figures import plot_label_statistics
+from trcgl.files import atomic_write_text
+from trcgl.labels.graph import LabelGraph
+from trcgl.labels.groups import FrequencyGroups, frequency_groups
+
+STAGE_FILE = "prepare.json"
+FORMAT_VOCABULARY = {"cxrlt": "cxrlt30", "padchest": "cxrlt30", "nih": "nih15"}
+INSTALLED_CSV = {"padchest": PADCHEST_CSV_NAME, "nih": NIH_CSV_NAME}
+
+
+@dataclass
+class Prepared:
+    """What the stage produced, in memory."""
+
+    manifest: Manifest
+    groups: FrequencyGroups
+    graph: LabelGraph
+    stats: pd.DataFrame
+    info: dict[str, Any]
+
+
+def label_csv_path(config: Config) -> Path:
+    """The configured label CSV, or the copy inside the installed torchxrayvision wheel."""
+    data = config.data
+    if data.labels_csv is not None:
+        return resolve_path(data.labels_csv)
+    name = INSTALLED_CSV.get(data.format)
+    found = installed_label_csv(name) if name else None
+    if found is None:
+        raise ConfigError(
+            "data.labels_csv is not set"
+            + (
+                f" and {name} was not found in an installed torchxrayvision package; "
+                "`pip install torchxrayvision` or set data.labels_csv=PATH"
+                if name
+                else ""
+            )
+        )
+    return found
+
+
+def class_names(config: Config) -> tuple[str, ...]:
+    data = config.data
+    if data.classes:
+        if len(set(data.classes)) != len(data.classes):
+            raise ConfigError("data.classes lists a class twice")
+        return tuple(data.classes)
+    name = data.vocabulary or FORMAT_VOCABULARY.get(data.format)
+    if name is None:
+        raise ConfigError(f"data.vocabulary or data.classes is needed for format {data.format!r}")
+    try:
+        return vocabulary(name)
+    except DataError as exc:
+        raise ConfigError(f"data.vocabulary: {exc}") from None
+
+
+def read_dataset(config: Config) -> ReadResult:
+    """Read the configured label file into a manifest and apply the view / exclusion filters."""
+    data = config.data
+    path = label_csv_path(config)
+    classes = class_names(config)
+    if data.format == "padchest":
+        result = read_padchest(path, resolve_path(data.mapping), classes)
+    elif data.format == "cxrlt":
+        result = read_cxrlt(path, classes)
+    elif data.format == "nih":
+        result = read_nih(path, classes)
+    else:
+        result = read_plain(path, classes)
+    exclude: set[str] = set()
+    for item in data.exclude:
+        exclude |= read_exclusion_list(resolve_path(item))
+    return apply_filters(result, data.projections, exclude)
+
+
+def check_images(result: ReadResult, image_root: Path, skip: bool) -> tuple[ReadResult, list]:
+    """Every row's image file must exist; with ``skip`` missing ones are dropped and listed."""
+    if not image_root.is_dir():
+        raise DataError("image folder not found (data.image_root)", path=image_root)
+    frame = result.manifest.frame
+    exists = np.fromiter(
+        ((image_root / p).is_file() for p in frame["image"]), dtype=bool, count=len(frame)
+    )
+    if exists.all():
+        return result, []
+    missing = np.flatnonzero(~exists)
+    if not skip:
+        i = int(missing[0])
+        raise DataError(
+            f"image file not found: {image_root / frame['image'].iloc[i]} "
+            f"({len(missing)} missing in all; set data.skip_corrupt=true to skip and list them)",
+            path=result.source,
+            row=int(result.rows[i]),
+            column="image",
+        )
+    return result.keep(exists), [(frame["image"].iloc[i], "file not found") for i in missing]
+
+
+def label_statistics(manifest: Manifest) -> pd.DataFrame:
+    """Per class: images and patients with the class in each split present, and in all."""
+    frame = manifest.frame
+    y = manifest.labels().astype(bool)
+    out = pd.DataFrame({"class": list(manifest.classes)})
+    present = [s for s in SPLITS if (frame["split"] == s).any()]
+    for s in [*present, "all"]:
+        rows = np.ones(len(frame), bool) if s == "all" else (frame["split"] == s).to_numpy()
+        out[f"images_{s}"] = y[rows].sum(axis=0)
+        patients = frame["patient_id"].to_numpy()[rows]
+        out[f"patients_{s}"] = [
+            len(np.unique(patients[y[rows, j]])) for j in range(len(manifest.classes))
+        ]
+    return out
+
+
+def _config_digest(config: Config) -> str:
+    return hashlib.sha256(config.to_yaml().encode()).hexdigest()[:16]
+
+
+def compute(config: Config, result: ReadResult) -> Prepared:
+    """Split, count and build the graph for the rows of ``result`` (no files written)."""
+    if len(result.manifest) == 0:
+        raise DataError("no images left after filtering", path=result.source)
+    manifest = split_patients(
+        result.manifest, config.split.val_fraction, config.split.test_fraction, config.split.seed
+    )
+    train = manifest.subset(split="train")
+    if config.graph.include_synthetic is False:
+        train = train.subset(source="real")
+    y_train = train.labels()
+    groups = frequency_groups(
+        manifest.classes, y_train.sum(axis=0), config.groups.mode, config.groups.head,
+        config.groups.tail,
+    )
+    graph = LabelGraph.from_labels(y_train, manifest.classes, config.graph.tau)
+    stats = label_statistics(manifest)
+    stats.insert(1, "group", list(groups.group_of))
+    frame = manifest.frame
+    info: dict[str, Any] = {
+        "trcgl_version": __version__,
+        "config_digest": _config_digest(config),
+        "labels_csv": str(result.source),
+        "format": config.data.format,
+        "mapping": config.data.mapping if config.data.format == "padchest" else None,
+        "classes": list(manifest.classes),
+        "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
+        "patients": {s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS},
+        "images_without_class": int((manifest.labels().sum(axis=1) == 0).sum()),
+        "dropped": dict(result.dropped),
+        "groups": {
+            "mode": config.groups.mode,
+            "head_above": groups.head_above,
+            "tail_below": groups.tail_below,
+            **groups.as_dict(),
+        },
+        "unmapped_findings": dict(result.unmapped_findings.most_common()),
+    }
+    return Prepared(manifest, groups, graph, stats, info)
+
+
+def is_complete(run_dir: Path, config: Config) -> bool:
+    """True when ``run_dir`` holds a finished prepare stage made with this configuration."""
+    record = run_dir / STAGE_FILE
+    if not record.is_file():
+        return False
+    done = json.loads(record.read_text())
+    if done.get("config_digest") != _config_digest(config):
+        raise ConfigError(
+            f"{run_dir} was prepared with another configuration; choose another --run-dir "
+            "or pass --force to prepare it again"
+        )
+    return all((run_dir / f).is_file() for f in done.get("outputs", []))
+
+
+def prepare(
+    config: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
+) -> Prepared | None:
+    """Run the stage into ``run_dir``. Returns ``None`` when it was already complete."""
+    run_dir = Path(run_dir)
+    if not force and run_dir.is_dir() and is_complete(run_dir, config):
+        return None
+    started = time.time()
+    result = read_dataset(config)
+    skipped: list[tuple[str, str]] = []
+    image_root = resolve_path(config.data.image_root)
+    cache: dict[str, Any] | None = None
+    if image_root is not None:
+        result, skipped = check_images(result, image_root, config.data.skip_corrupt)
+        cache_root = (resolve_path(config.images.cache_dir) or run_dir / "cache") / str(
+            config.images.size
+        )
+        report = build_image_cache(
+            list(result.manifest.frame["image"]),
+            image_root,
+            cache_root,
+            size=config.images.size,
+            workers=config.images.workers,
+            skip_corrupt=config.data.skip_corrupt,
+            progress=progress,
+            rows=[f"{result.source}, row {r}" for r in result.rows],
+        )
+        if report.skipped:
+            skipped += [(str(img), str(reason)) for img, reason in report.skipped]
+            bad = {img for img, _ in report.skipped}
+            result = result.keep(~result.manifest.frame["image"].isin(bad).to_numpy())
+        cache = {
+            "root": str(cache_root),
+            "size": config.images.size,
+            "written": report.written,
+            "already_present": report.already_present,
+        }
+    prepared = compute(config, result)
+    prepared.info["image_root"] = None if image_root is None else str(image_root)
+    prepared.info["cache"] = cache
+    prepared.info["skipped_images"] = len(skipped)
+    _write(run_dir, config, prepared, skipped, started)
+    return prepared
+
+
+def _write(
+    run_dir: Path, config: Config, p: Prepared, skipped: list[tuple[str, str]], started: float
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STAGE_FILE).unlink(missing_ok=True)
+    outputs = [
+        "config.yaml",
+        "manifest.parquet",
+        "label_stats.csv",
+        "label_stats.json",
+        "label_graph.safetensors",
+        "figures/label_statistics.png",
+    ]
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    p.manifest.save(run_dir / "manifest.parquet")
+    atomic_write_text(run_dir / "label_stats.csv", p.stats.to_csv(index=False))
+    atomic_write_text(run_dir / "label_stats.json", json.dumps(p.info, indent=2) + "\n")
+    p.graph.save(run_dir / "label_graph.safetensors")
+    plot_label_statistics(
+        p.groups, p.graph.cooccurrence, run_dir / "figures" / "label_statistics.png",
+        title=f"{config.name}: training split",
+    )
+    if skipped:
+        table = pd.DataFrame(skipped, columns=["image", "reason"])
+        atomic_write_text(run_dir / "skipped_images.csv", table.to_csv(index=False))
+        outputs.append("skipped_images.csv")
+    record = {
+        "stage": "prepare",
+        "config_digest": p.info["config_digest"],
+        "outputs": outputs,
+        "seconds": round(time.time() - started, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(run_dir / STAGE_FILE, json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Data files shipped with trcgl (mapping tables, exclusion lists, the NIH demo sample)."""
