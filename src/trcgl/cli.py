@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trcgl.config import load_config, preset_names
@@ -22,7 +23,10 @@ app = typer.Typer(
 console = Console()
 
 ConfigOption = Annotated[
-    str, typer.Option("--config", "-c", help="YAML file, or a preset name: " + ", ".join(preset_names()))
+    str,
+    typer.Option(
+        "--config", "-c", help="YAML file, or a preset name: " + ", ".join(preset_names())
+    ),
 ]
 RunDirOption = Annotated[
     Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<config name>).")
@@ -39,7 +43,7 @@ def _root() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -49,9 +53,12 @@ def summary_table(stats_csv: Path, info: dict) -> Table:
 
     stats = pd.read_csv(stats_csv)
     splits = [s for s in ("train", "val", "test") if f"images_{s}" in stats]
-    table = Table(title=f"{len(stats)} classes, " + ", ".join(
-        f"{s}: {info['images'][s]:,} images / {info['patients'][s]:,} patients" for s in splits
-    ))
+    table = Table(
+        title=f"{len(stats)} classes, "
+        + ", ".join(
+            f"{s}: {info['images'][s]:,} images / {info['patients'][s]:,} patients" for s in splits
+        )
+    )
     table.add_column("class")
     table.add_column("group")
     for s in splits:
@@ -86,7 +93,9 @@ def prepare(
     except TrcglError as exc:
         _fail(exc)
     if result is None:
-        console.print(f"[green]{out} is already prepared[/] ({STAGE_FILE} present; --force redoes it)")
+        console.print(
+            f"[green]{out} is already prepared[/] ({STAGE_FILE} present; --force redoes it)"
+        )
     info = json.loads((out / "label_stats.json").read_text())
     console.print(summary_table(out / "label_stats.csv", info))
     groups = info["groups"]
@@ -98,7 +107,9 @@ def prepare(
     if info["dropped"]:
         console.print("dropped: " + "; ".join(f"{v:,} {k}" for k, v in info["dropped"].items()))
     if info.get("skipped_images"):
-        console.print(f"[yellow]skipped {info['skipped_images']} images[/]: {out / 'skipped_images.csv'}")
+        console.print(
+            f"[yellow]skipped {info['skipped_images']} images[/]: {out / 'skipped_images.csv'}"
+        )
     console.print(f"run directory: [bold]{out}[/]")
 
 

@@ -46,7 +46,9 @@ class DataConfig:
     #: Raw-PadChest → CXR-LT mapping table: a shipped table's name or a CSV path.
     mapping: str = "padchest_to_cxrlt30_v1.csv"
     #: Projections (views) to keep; ``None`` keeps all.
-    projections: list[str] | None = field(default_factory=lambda: ["PA", "AP", "AP_horizontal", "L"])
+    projections: list[str] | None = field(
+        default_factory=lambda: ["PA", "AP", "AP_horizontal", "L"]
+    )
     #: Exclusion lists of image ids (shipped names or paths).
     exclude: list[str] = field(default_factory=list)
     #: Skip (and list) missing or corrupt images instead of stopping with an error.
@@ -115,9 +117,13 @@ class Config:
         if not 0 < s.val_fraction < 1:
             raise ConfigError(f"split.val_fraction must lie in (0, 1), got {s.val_fraction}")
         if not 0 <= s.test_fraction < 1 or s.val_fraction + s.test_fraction >= 1:
-            raise ConfigError("split.test_fraction must be >= 0 with val_fraction + test_fraction < 1")
+            raise ConfigError(
+                "split.test_fraction must be >= 0 with val_fraction + test_fraction < 1"
+            )
         if g.mode == "quantile" and not 0 <= g.tail <= g.head <= 1:
-            raise ConfigError("groups.head and groups.tail must be quantiles with 0 <= tail <= head <= 1")
+            raise ConfigError(
+                "groups.head and groups.tail must be quantiles with 0 <= tail <= head <= 1"
+            )
         if g.mode == "absolute" and not 0 <= g.tail <= g.head:
             raise ConfigError("groups.tail must not exceed groups.head")
         if not 0 <= self.graph.tau < 1:
@@ -219,7 +225,9 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 def preset_names() -> list[str]:
     folder = resources.files("trcgl").joinpath(PRESET_DIR)
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _preset_or_path(name_or_path: str | Path) -> Path:

@@ -177,7 +177,10 @@ def compute(config: Config, result: ReadResult) -> Prepared:
         train = train.subset(source="real")
     y_train = train.labels()
     groups = frequency_groups(
-        manifest.classes, y_train.sum(axis=0), config.groups.mode, config.groups.head,
+        manifest.classes,
+        y_train.sum(axis=0),
+        config.groups.mode,
+        config.groups.head,
         config.groups.tail,
     )
     graph = LabelGraph.from_labels(y_train, manifest.classes, config.graph.tau)
@@ -192,7 +195,9 @@ def compute(config: Config, result: ReadResult) -> Prepared:
         "mapping": config.data.mapping if config.data.format == "padchest" else None,
         "classes": list(manifest.classes),
         "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
-        "patients": {s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS},
+        "patients": {
+            s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS
+        },
         "images_without_class": int((manifest.labels().sum(axis=1) == 0).sum()),
         "dropped": dict(result.dropped),
         "groups": {
@@ -284,7 +289,9 @@ def _write(
     atomic_write_text(run_dir / "label_stats.json", json.dumps(p.info, indent=2) + "\n")
     p.graph.save(run_dir / "label_graph.safetensors")
     plot_label_statistics(
-        p.groups, p.graph.cooccurrence, run_dir / "figures" / "label_statistics.png",
+        p.groups,
+        p.graph.cooccurrence,
+        run_dir / "figures" / "label_statistics.png",
         title=f"{config.name}: training split",
     )
     if skipped:

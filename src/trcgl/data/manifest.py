@@ -23,7 +23,15 @@ import pyarrow.parquet as pq
 from trcgl.errors import DataError
 from trcgl.files import atomic_path
 
-META_COLUMNS: tuple[str, ...] = ("image", "image_id", "patient_id", "view", "split", "source", "weight")
+META_COLUMNS: tuple[str, ...] = (
+    "image",
+    "image_id",
+    "patient_id",
+    "view",
+    "split",
+    "source",
+    "weight",
+)
 TEXT_COLUMNS: tuple[str, ...] = ("localizations", "prompt")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _METADATA_KEY = b"trcgl.classes"

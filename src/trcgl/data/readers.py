@@ -175,7 +175,7 @@ def read_nih(path: str | Path, classes: Sequence[str] = NIH_CLASSES) -> ReadResu
             "image": df["Image Index"],
             "image_id": df["Image Index"],
             "patient_id": df["Patient ID"],
-            "view": df["View Position"] if "View Position" in df else "",
+            "view": df.get("View Position", ""),
         }
     )
     return ReadResult(build_manifest(records, labels, tuple(classes)), path, _rows(len(df)))

@@ -3,9 +3,10 @@
 Patients, not images, are assigned to splits, so no patient is ever in two splits. Each
 patient's label vector is the union of its images' labels; the patients are split with
 iterative stratification (Sechidis et al., 2011; ``iterative-stratification`` package), which
-places the rarest labels first. A repair pass then guarantees that every class carried by at
-least as many patients as there are splits appears in every split, moving the patient that
-carries the fewest other labels. The result depends only on the data and the seed.
+places the rarest labels first. A repair pass then guarantees that every class with at least two
+patients appears in both train and validation (and, with three or more, in the test split too),
+moving the patient that carries the fewest other labels. The result depends only on the data
+and the seed.
 """
 
 from __future__ import annotations
@@ -38,25 +39,27 @@ def _stratified(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def _repair(y: np.ndarray, assign: np.ndarray, n_splits: int) -> None:
-    """Move patients so every class with ≥ ``n_splits`` patients is present in every split.
+    """Move patients so that a class with k carriers is present in the first min(k, n_splits)
+    splits (train, val, test: with two carriers, train and val).
 
     ``assign`` holds split indices (0 = train) and is modified in place. Rarest classes are
     repaired first; the donor split is the one with the most carriers of the class, and the
-    patient moved is the carrier with the fewest positive labels (ties: lowest index).
+    patient moved is, among those whose move leaves no class absent from the donor split,
+    the carrier with the fewest positive labels (ties: lowest index).
     """
     n_pos = y.sum(axis=1)
     for c in np.argsort(y.sum(axis=0), kind="stable"):
         carriers = np.flatnonzero(y[:, c])
-        if len(carriers) < n_splits:
-            continue
-        for target in range(n_splits):
+        for target in range(min(len(carriers), n_splits)):
             per_split = np.bincount(assign[carriers], minlength=n_splits)
             if per_split[target] > 0:
                 continue
             donor = int(np.argmax(per_split))
             candidates = carriers[assign[carriers] == donor]
-            moved = candidates[np.argmin(n_pos[candidates])]
-            assign[moved] = target
+            donor_counts = y[assign == donor].sum(axis=0)
+            sole = (y[candidates] & (donor_counts == 1)).any(axis=1)
+            pool = candidates[~sole] if (~sole).any() else candidates
+            assign[pool[np.argmin(n_pos[pool])]] = target
 
 
 def split_patients(

@@ -127,7 +127,7 @@ def load_mapping(
         missing = {"finding", "class"} - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"missing column(s) {sorted(missing)}", path=path)
-        for line, row in enumerate(reader, start=2):
+        for line, row in enumerate(reader, start=1):
             finding = (row["finding"] or "").strip()
             cls = (row["class"] or "").strip()
             if not finding:

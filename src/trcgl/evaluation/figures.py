@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from trcgl.files import atomic_path  # noqa: E402
-from trcgl.labels.groups import FrequencyGroups  # noqa: E402
+from trcgl.files import atomic_path
+from trcgl.labels.groups import FrequencyGroups
 
 GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 
