@@ -95,6 +95,77 @@ class ImagesConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The classifier (METHOD.md §2–§3). ``architecture`` picks TRCGL-Net or a baseline."""
+
+    #: ``trcgl_net``; baselines: ``timm`` (timm's own head: ResNet-50, EfficientNet-B0,
+    #: ConvNeXt, ViT-B/16), ``csra`` (ConvNeXt + CSRA head), ``clip_linear`` (CLIP image tower).
+    architecture: Literal["trcgl_net", "timm", "csra", "clip_linear"] = "trcgl_net"
+    #: A timm model name (for ``clip_linear``: an open_clip architecture such as ViT-B-16).
+    backbone: str = "convnextv2_tiny"
+    #: ``hub`` (the library's default pretrained weights), a hub tag (``hf-hub:…``; open_clip
+    #: tag for CLIP), a local .safetensors file, or ``null`` for a random init on purpose.
+    pretrained: str | None = "hub"
+    #: TRCGL-Net switches (Table 3 ablation) and hyper-parameters.
+    channel_attention: bool = True
+    spatial_attention: bool = True
+    label_gcn: bool = True
+    reduction: int = 16
+    #: Eq. 10 scale s in X_r = X + s X ⊙ g (paper 1; authors' code 0.05).
+    reweight_scale: float = 1.0
+    #: Class-specific w_c, b_c for s_spatial (paper); false reuses the GAP classifier's.
+    spatial_class_weights: bool = True
+    #: λ of Eq. 14 and α of Eq. 25.
+    lam: float = 0.1
+    alpha: float = 0.05
+    embed_dim: int = 300
+    hidden_dim: int = 1024
+    #: s_label by dot product (paper, Eq. 24) or scaled cosine (authors' code).
+    label_score: Literal["dot", "cosine"] = "dot"
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    #: CSRA head: number of heads and λ.
+    csra_heads: int = 1
+    csra_lam: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Two-stage training (METHOD.md §4). Defaults are the paper's and the authors' code's."""
+
+    batch_size: int = 32
+    #: Stage 1: backbone frozen, head and label branch trained.
+    warmup_epochs: int = 10
+    warmup_lr: float = 1e-3
+    #: Stage 2: everything trained, separate learning rates.
+    epochs: int = 50
+    backbone_lr: float = 1.5e-5
+    head_lr: float = 1.5e-4
+    backbone_weight_decay: float = 0.01
+    head_weight_decay: float = 0.05
+    #: Linear learning-rate warm-up at the start of stage 2 (epochs), then cosine decay.
+    lr_warmup_epochs: float = 5
+    #: Exponential moving average of the weights (0 turns it off); evaluation uses it.
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0
+    #: ``auto``: bf16 on a GPU that supports it, else fp16 on GPU, none on CPU.
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    #: Stop when validation mAP has not improved for this many epochs (0: never).
+    early_stopping_patience: int = 10
+    loss: Literal["bce", "asl", "db", "ldam", "ldam_drw"] = "db"
+    #: ``repeat_factor``: repeat-factor sampling (LVIS), as in the authors' code.
+    sampler: Literal["random", "repeat_factor"] = "repeat_factor"
+    repeat_threshold: float = 0.001
+    #: Loss weight of synthetic images in stage 2 (Table 4) and in stage 1 (authors: 0).
+    w_syn: float = 0.5
+    w_syn_warmup: float = 0.0
+    num_workers: int = 2
+    seed: int = 0
+    #: Cap on optimiser steps per epoch (``null``: the whole training set); for quick runs.
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
 class Config:
     """An experiment: one section per stage."""
 
@@ -104,6 +175,8 @@ class Config:
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +205,28 @@ class Config:
             raise ConfigError(f"images.size must be at least 16, got {i.size}")
         if i.workers < 1:
             raise ConfigError(f"images.workers must be at least 1, got {i.workers}")
+        t, m = self.train, self.model
+        for key in ("batch_size", "num_workers", "warmup_epochs", "epochs"):
+            value = getattr(t, key)
+            if value < (1 if key == "batch_size" else 0):
+                raise ConfigError(
+                    f"train.{key} must be {'>= 1' if key == 'batch_size' else '>= 0'}, got {value}"
+                )
+        if t.warmup_epochs + t.epochs < 1:
+            raise ConfigError("train.warmup_epochs + train.epochs must be at least 1")
+        for key in ("warmup_lr", "backbone_lr", "head_lr"):
+            if getattr(t, key) <= 0:
+                raise ConfigError(f"train.{key} must be > 0, got {getattr(t, key)}")
+        if not 0 <= t.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+        if t.w_syn < 0 or t.w_syn_warmup < 0:
+            raise ConfigError("train.w_syn and train.w_syn_warmup must be >= 0")
+        if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+            raise ConfigError("train.max_steps_per_epoch must be >= 1 or null")
+        if m.reduction < 1 or m.embed_dim < 1 or m.hidden_dim < 1:
+            raise ConfigError("model.reduction, model.embed_dim and model.hidden_dim must be >= 1")
+        if m.csra_heads not in (1, 2, 4, 6, 8):
+            raise ConfigError(f"model.csra_heads must be one of 1, 2, 4, 6, 8, got {m.csra_heads}")
         if self.data.format == "plain" and not (self.data.classes or self.data.vocabulary):
             raise ConfigError("data.format 'plain' needs data.classes or data.vocabulary")
         if self.data.format == "plain" and self.data.labels_csv is None:

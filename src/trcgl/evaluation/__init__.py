@@ -1,0 +1,1 @@
+"""Evaluation of multi-label classifiers: ranking and threshold metrics (see ``metrics``)."""

@@ -1,0 +1,169 @@
+"""What every trcgl classifier shares: outputs, parameter groups, and the model folder.
+
+A classifier maps a batch of images (B×3×H×W, normalised) to a dict with at least
+``"logits"`` (B×C). It splits its parameters into a backbone group and a head group (the
+two-stage trainer freezes the first during warm-up and gives the groups separate learning
+rates), and it saves to / loads from a *model folder* in the Hugging Face convention:
+
+* ``config.json``: ``architecture`` (a registered name), its keyword arguments, the class
+  names and the trcgl version;
+* ``model.safetensors``: the state dict (buffers such as the label graph included).
+
+``load_model(folder)`` rebuilds the exact model for inference with no training data. Weights
+are read with safetensors only, never by unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trcgl.errors import DataError
+from trcgl.files import atomic_path, atomic_write_text
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+_REGISTRY: dict[str, type[Classifier]] = {}
+
+
+def register(name: str) -> Callable[[type[Classifier]], type[Classifier]]:
+    """Class decorator: make an architecture loadable from a model folder by ``name``."""
+
+    def wrap(cls: type[Classifier]) -> type[Classifier]:
+        cls.architecture = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class Classifier(nn.Module):
+    """Base class. Subclasses set ``self.init_kwargs`` (JSON-serialisable constructor arguments,
+    class names included as ``classes``) and implement ``forward``, ``backbone_parameters`` and
+    ``head_parameters``."""
+
+    architecture: ClassVar[str] = ""
+    init_kwargs: dict[str, Any]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.init_kwargs["classes"])
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Input (mean, std) the model expects; ImageNet's unless a subclass says otherwise."""
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        backbone = {id(p) for p in self.backbone_parameters()}
+        return (p for p in self.parameters() if id(p) not in backbone)
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stop (or restart) gradients to the backbone (warm-up stage)."""
+        for p in self.backbone_parameters():
+            p.requires_grad_(not frozen)
+
+    # -- model folder -------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically each)."""
+        from trcgl import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"architecture": self.architecture})
+        config = {
+            "architecture": self.architecture,
+            "trcgl_version": __version__,
+            "kwargs": self.init_kwargs,
+        }
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def folder_kwargs(cls, folder: Path) -> dict[str, Any]:
+        """Constructor arguments kept in other files of the model folder (e.g. a label graph)."""
+        return {}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Classifier:
+        model = load_model(folder)
+        if cls is not Classifier and not isinstance(model, cls):
+            raise DataError(
+                f"model folder holds a {model.architecture!r} model, not {cls.architecture!r}",
+                path=folder,
+            )
+        return model
+
+
+def read_model_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise DataError(f"not a model folder: no {CONFIG_FILE}", path=folder)
+    config = json.loads(path.read_text())
+    if config.get("architecture") not in _REGISTRY:
+        raise DataError(
+            f"unknown architecture {config.get('architecture')!r}; known: {architectures()}",
+            path=path,
+        )
+    return config
+
+
+def load_state(model: nn.Module, path: str | Path, what: str = "model") -> None:
+    """Load a safetensors state dict strictly, with an error that says what does not fit."""
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a bad file
+        raise DataError(f"cannot read {what} weights: {exc}", path=path) from exc
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} (e.g. {missing[:3]})")
+        if unexpected:
+            detail.append(f"unexpected {len(unexpected)} (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            detail.append(
+                f"shape mismatch for {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            )
+        raise DataError(
+            f"{what} weights do not fit this architecture: "
+            + "; ".join(detail)
+            + " — was the checkpoint made for another architecture or class list?",
+            path=path,
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Rebuild a classifier from a model folder written by ``save_pretrained``."""
+    folder = Path(folder)
+    config = read_model_config(folder)
+    cls = _REGISTRY[config["architecture"]]
+    kwargs = dict(config["kwargs"])
+    kwargs["pretrained"] = None  # weights come from the folder
+    kwargs.update(cls.folder_kwargs(folder))
+    model = cls(**kwargs)
+    load_state(model, folder / WEIGHTS_FILE)
+    return model.to(device).eval()

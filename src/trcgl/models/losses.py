@@ -1,0 +1,485 @@
+"""Multi-label classification losses with per-sample weights (BCE, ASL, DB, LDAM / LDAM-DRW).
+
+Every loss maps ``logits`` (B×C), ``targets`` (B×C, 0/1 floats) and optional per-sample
+``weights`` (B,) to a scalar with one reduction, shared by all of them:
+
+* an element loss ``ℓ_ic`` per sample ``i`` and class ``c`` (the loss's own formula);
+* the per-sample loss is the **mean over classes**, ``l_i = (1/C) Σ_c ℓ_ic`` (per-class weights,
+  where a loss has them, multiply ``ℓ_ic`` inside that mean);
+* the batch loss is the **weighted mean over samples**, ``L = Σ_i w_i l_i / Σ_i w_i``, with
+  ``w_i = 1`` by default. Synthetic images carry ``w_syn = 0.5`` in this project (the
+  ``weight`` item of :class:`~trcgl.data.dataset.ManifestDataset`). A sample with ``w_i = 0``
+  drops out exactly; if ``Σ_i w_i = 0`` (or the batch is empty) the loss is ``0`` and still
+  has a ``grad_fn``. Weights must be non-negative (not checked, to avoid a device sync).
+
+Element losses are computed in (at least) float32 whatever the logits' dtype. Classes with
+zero training images are safe: counts are clamped to ``≥ 1`` wherever they divide or are
+raised to a negative power, so no buffer holds ``inf`` or ``NaN``.
+
+:func:`build_loss` builds any of them by name from the training-set class counts. All losses
+have ``set_epoch(epoch)`` (only LDAM-DRW uses it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "LOSSES",
+    "AsymmetricLoss",
+    "BCELoss",
+    "DistributionBalancedLoss",
+    "LDAMLoss",
+    "MultiLabelLoss",
+    "build_loss",
+    "drw_class_weights",
+    "ldam_margins",
+    "weighted_mean",
+]
+
+
+def weighted_mean(per_sample: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``Σ w_i l_i / Σ w_i`` over a batch of per-sample losses ``l`` (B,).
+
+    ``weights=None`` means all ones. Samples with ``w_i = 0`` contribute exactly nothing (even
+    if their loss is not finite); when ``Σ w_i = 0`` the result is ``0`` with a ``grad_fn``.
+    """
+    if per_sample.dim() != 1:
+        raise ValueError(f"per-sample losses must be 1-D, got shape {tuple(per_sample.shape)}")
+    if weights is None:
+        weights = torch.ones_like(per_sample)
+    else:
+        if weights.shape != per_sample.shape:
+            raise ValueError(
+                f"weights must have shape {tuple(per_sample.shape)} (one per sample), "
+                f"got {tuple(weights.shape)}"
+            )
+        weights = weights.to(device=per_sample.device, dtype=per_sample.dtype)
+    weighted = torch.where(weights != 0, weights * per_sample, torch.zeros_like(per_sample))
+    total = weights.sum()
+    denominator = torch.where(total != 0, total, torch.ones_like(total))
+    return weighted.sum() / denominator
+
+
+def _counts_array(class_counts: Sequence[int] | np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(class_counts, Tensor):
+        class_counts = class_counts.detach().cpu().numpy()
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"class_counts must be a non-empty 1-D sequence, got shape {counts.shape}")
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError("class_counts must be finite and non-negative")
+    return counts
+
+
+def _check_num_samples(counts: np.ndarray, num_samples: int) -> int:
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    num_samples = int(num_samples)
+    if counts.max() > num_samples:
+        raise ValueError(
+            f"a class count ({counts.max():g}) exceeds num_samples ({num_samples}); class_counts "
+            "must count training images containing each class"
+        )
+    return num_samples
+
+
+class MultiLabelLoss(nn.Module):
+    """Base class: element loss → mean over classes → weighted mean over samples.
+
+    Subclasses implement :meth:`element_loss` (B×C, float32). ``num_classes`` (optional) is
+    checked against the logits' second dimension.
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss which (0-based) epoch is starting. A no-op unless a loss uses it."""
+        self.epoch = int(epoch)
+
+    def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample_losses(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Per-sample losses ``l_i`` (B,): the mean over classes of the element losses."""
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be B×C, got shape {tuple(logits.shape)}")
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"targets must have the logits' shape {tuple(logits.shape)}, "
+                f"got {tuple(targets.shape)}"
+            )
+        if self.num_classes is not None and logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_classes} classes, "
+                f"got logits with {logits.shape[1]}"
+            )
+        if logits.shape[1] == 0:
+            raise ValueError("logits have no classes")
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        element = self.element_loss(logits.to(dtype), targets.to(device=logits.device, dtype=dtype))
+        return element.mean(dim=1)
+
+    def forward(self, logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Scalar loss ``Σ_i w_i l_i / Σ_i w_i`` (see the module docstring)."""
+        return weighted_mean(self.sample_losses(logits, targets), weights)
+
+
+class BCELoss(MultiLabelLoss):
+    """Binary cross-entropy with logits, one binary problem per class.
+
+    ``ℓ_ic = −[p_c y log σ(z) + (1 − y) log(1 − σ(z))]`` via
+    :func:`torch.nn.functional.binary_cross_entropy_with_logits` (``reduction="none"``), with
+    the optional ``pos_weight`` ``p_c`` (C,) as in torch. With all ``w_i = 1`` the result equals
+    torch's ``binary_cross_entropy_with_logits(..., reduction="mean")``.
+    """
+
+    pos_weight: Tensor | None
+
+    def __init__(
+        self,
+        pos_weight: Sequence[float] | np.ndarray | Tensor | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(num_classes)
+        if pos_weight is None:
+            self.register_buffer("pos_weight", None, persistent=False)
+        else:
+            pw = torch.as_tensor(np.asarray(pos_weight, dtype=np.float32))
+            if pw.dim() != 1:
+                raise ValueError(f"pos_weight must be 1-D (C,), got shape {tuple(pw.shape)}")
+            if num_classes is not None and pw.numel() != num_classes:
+                raise ValueError(f"pos_weight has {pw.numel()} entries for {num_classes} classes")
+            self.register_buffer("pos_weight", pw, persistent=False)
+
+    def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(
+            logits, targets, pos_weight=pos_weight, reduction="none"
+        )
+
+
+class AsymmetricLoss(MultiLabelLoss):
+    """Asymmetric loss (ASL; Ridnik et al., "Asymmetric Loss for Multi-Label Classification",
+    ICCV 2021), as in the official ``AsymmetricLoss`` of Alibaba-MIIL/ASL.
+
+    With ``p = σ(z)`` and the shifted probability ``p_m = max(p − clip, 0)`` for negatives:
+
+    ``ℓ = −[ y (1 − p)^γ+ log(max(p, eps)) + (1 − y) p_m^γ− log(max(1 − p_m, eps)) ]``
+
+    (``1 − p_m`` is computed as ``min(1 − p + clip, 1)``, as in the official code). Defaults
+    ``gamma_neg=4, gamma_pos=0, clip=0.05, eps=1e-8``. ``disable_torch_grad_focal_loss=True``
+    computes the focusing factors ``(1 − p)^γ+`` / ``p_m^γ−`` without gradient (detached).
+    With ``gamma_neg = gamma_pos = 0`` and ``clip = 0`` this is BCE (up to the ``eps`` clamp).
+    The official code sums over all elements; here the project's reduction applies.
+    """
+
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        disable_torch_grad_focal_loss: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(num_classes)
+        if gamma_neg < 0 or gamma_pos < 0:
+            raise ValueError("gamma_neg and gamma_pos must be >= 0")
+        if clip is not None and not 0 <= clip < 1:
+            raise ValueError(f"clip must be in [0, 1), got {clip}")
+        self.gamma_neg = float(gamma_neg)
+        self.gamma_pos = float(gamma_pos)
+        self.clip = 0.0 if clip is None else float(clip)
+        self.eps = float(eps)
+        self.disable_torch_grad_focal_loss = disable_torch_grad_focal_loss
+
+    def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        p = torch.sigmoid(logits)
+        one_minus_pm = 1.0 - p  # 1 − p_m, the "negative" probability after shifting
+        if self.clip > 0:
+            one_minus_pm = (one_minus_pm + self.clip).clamp(max=1.0)
+        log_pos = torch.log(p.clamp(min=self.eps))
+        log_neg = torch.log(one_minus_pm.clamp(min=self.eps))
+        if self.gamma_pos > 0 or self.gamma_neg > 0:
+            base_pos, base_neg = 1.0 - p, 1.0 - one_minus_pm  # (1 − p) and p_m
+            if self.disable_torch_grad_focal_loss:
+                base_pos, base_neg = base_pos.detach(), base_neg.detach()
+            if self.gamma_pos > 0:
+                log_pos = log_pos * base_pos.pow(self.gamma_pos)
+            if self.gamma_neg > 0:
+                log_neg = log_neg * base_neg.pow(self.gamma_neg)
+        return -(targets * log_pos + (1.0 - targets) * log_neg)
+
+
+class DistributionBalancedLoss(MultiLabelLoss):
+    r"""Distribution-Balanced loss (DB; Wu et al., "Distribution-Balanced Loss for Multi-Label
+    Classification in Long-Tailed Datasets", ECCV 2020), following the official
+    ``ResampleLoss`` (``mllt/models/losses/resample_loss.py`` in wutong16/DistributionBalancedLoss)
+    with its DB config (``configs/coco/LT_resnet50_pfc_DB.py``: ``reweight_func='rebalance'``,
+    ``focal=dict(focal=True, balance_param=2.0, gamma=2)``,
+    ``logit_reg=dict(neg_scale=2.0, init_bias=0.05)``,
+    ``map_param=dict(alpha=0.1, beta=10.0, gamma=0.2)``).
+
+    Inputs: ``n_c`` = training images containing class ``c`` (clamped to ``≥ 1``, and to
+    ``[1, N − 1]`` for the prior), ``N`` = training images, ``z`` the logit, ``y`` the target.
+
+    (a) Re-balanced weighting (paper §3.2; official ``rebalance_weight``), per sample and class:
+        ``P^C_c = 1/n_c``; ``P^I_i = Σ_c y_ic / n_c`` (sum over the sample's positive classes,
+        the paper's 1/C factor dropped as in the code); ``r_ic = P^C_c / P^I_i``;
+        ``r̂_ic = map_alpha + σ(map_beta · (r_ic − map_gamma))``, for positives *and* negatives.
+        It depends only on the labels (no gradient). A sample with no positive class has
+        ``P^I = 0``, i.e. ``r = ∞``; it gets the limit ``r̂ = map_alpha + 1`` (what the
+        official code yields through ``inf``).
+    (b) Negative-tolerant regularisation (paper §3.3; official ``logit_reg_functions``): class
+        prior ``p_c = n_c / N``, class bias ``ν_c = κ · log(1/p_c − 1)`` (κ = ``init_bias``; i.e.
+        ``ν = −κ b̂`` with the paper's prior-matching bias ``b̂ = −log(1/p − 1)``), shifted logit
+        ``z' = z − ν_c`` and negative scale λ = ``neg_scale``:
+        ``ℓ^NTR = y · log(1 + e^{−z'}) + (1 − y) · (1/λ) · log(1 + e^{λ z'})``.
+        The official code divides the bias by λ (it adds ``−κ log(1/p − 1)/λ`` to the logits
+        and then scales negatives' logits by λ); ``official_bias_scaling=True`` reproduces that
+        (shift ``ν_c/λ`` instead of ``ν_c``) and is the default, since ``init_bias = 0.05`` was
+        tuned with it and TRCGL-Net's authors trained with the official code;
+        ``official_bias_scaling=False`` gives the paper's ν.
+    (c) Focal term (official ``focal=True``): ``p_t = σ(z')`` for positives and ``σ(−λ z')``
+        for negatives (the probability of the right answer under the regularised logits);
+        element loss ``ℓ = balance_param · (1 − p_t)^γ · r̂ · ℓ^NTR`` (focal factor not
+        detached, as in the code). Without focal: ``ℓ = r̂ · ℓ^NTR``.
+
+    With ``reweight_func=None`` (r̂ = 1), ``focal=False``, ``neg_scale=1`` and ``init_bias=0``
+    this is plain BCE. The bias ν (C,) is the :attr:`ntr_bias` buffer; the per-sample, per-class
+    weights of a batch are :meth:`rebalance_weight`.
+    """
+
+    freq_inv: Tensor
+    ntr_bias: Tensor
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | np.ndarray | Tensor,
+        num_samples: int,
+        reweight_func: str | None = "rebalance",
+        focal: bool = True,
+        gamma: float = 2.0,
+        balance_param: float = 2.0,
+        neg_scale: float = 2.0,
+        init_bias: float = 0.05,
+        map_alpha: float = 0.1,
+        map_beta: float = 10.0,
+        map_gamma: float = 0.2,
+        official_bias_scaling: bool = True,
+    ) -> None:
+        counts = _counts_array(class_counts)
+        num_samples = _check_num_samples(counts, num_samples)
+        super().__init__(len(counts))
+        if reweight_func not in (None, "rebalance"):
+            raise ValueError(f"reweight_func must be 'rebalance' or None, got {reweight_func!r}")
+        if neg_scale <= 0:
+            raise ValueError(f"neg_scale must be > 0, got {neg_scale}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.reweight_func = reweight_func
+        self.focal = bool(focal)
+        self.gamma = float(gamma)
+        self.balance_param = float(balance_param)
+        self.neg_scale = float(neg_scale)
+        self.init_bias = float(init_bias)
+        self.map_alpha = float(map_alpha)
+        self.map_beta = float(map_beta)
+        self.map_gamma = float(map_gamma)
+        self.official_bias_scaling = bool(official_bias_scaling)
+        self.num_samples = num_samples
+
+        # p_c needs 0 < n_c < N for a finite log-odds: clamp to [1, N − 1] (N = 1: p = 1/2).
+        prior = np.clip(counts, 1.0, max(num_samples - 1.0, 1.0)) / max(num_samples, 2)
+        bias = self.init_bias * np.log(1.0 / prior - 1.0)
+        freq_inv = 1.0 / np.clip(counts, 1.0, None)
+        self.register_buffer(
+            "freq_inv", torch.as_tensor(freq_inv, dtype=torch.float32), persistent=False
+        )
+        self.register_buffer(
+            "ntr_bias", torch.as_tensor(bias, dtype=torch.float32), persistent=False
+        )
+
+    def rebalance_weight(self, targets: Tensor) -> Tensor:
+        """``r̂`` (B×C) for a batch's targets (all ones when ``reweight_func`` is ``None``)."""
+        targets = targets.float()
+        if self.reweight_func is None:
+            return torch.ones_like(targets)
+        freq_inv = self.freq_inv.to(targets.device)
+        instance = (targets * freq_inv).sum(dim=1, keepdim=True)  # P^I_i
+        has_positive = instance > 0
+        ratio = freq_inv / torch.where(has_positive, instance, torch.ones_like(instance))
+        weight = self.map_alpha + torch.sigmoid(self.map_beta * (ratio - self.map_gamma))
+        return torch.where(has_positive, weight, torch.full_like(weight, self.map_alpha + 1.0))
+
+    def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        lam = self.neg_scale
+        shift = self.ntr_bias.to(device=logits.device, dtype=logits.dtype)
+        if self.official_bias_scaling:
+            shift = shift / lam
+        z = logits - shift
+        pos = F.softplus(-z)  # −log σ(z')
+        neg = F.softplus(lam * z) / lam  # (1/λ) log(1 + e^{λ z'})
+        loss = targets * pos + (1.0 - targets) * neg
+        loss = loss * self.rebalance_weight(targets).to(loss.dtype)
+        if self.focal:
+            # p_t = σ(z') for positives, σ(−λ z') for negatives; −log p_t = the unscaled terms.
+            log_pt = -(targets * pos + (1.0 - targets) * lam * neg)
+            loss = self.balance_param * (1.0 - torch.exp(log_pt)).pow(self.gamma) * loss
+        return loss
+
+
+def ldam_margins(class_counts: Sequence[int] | np.ndarray | Tensor, max_m: float = 0.5) -> Tensor:
+    """LDAM margins ``Δ_c ∝ n_c^{-1/4}``, scaled so the largest is ``max_m`` (counts clamped
+    to ``≥ 1``; Cao et al., NeurIPS 2019, Eq. 12)."""
+    counts = np.clip(_counts_array(class_counts), 1.0, None)
+    m = counts**-0.25
+    return torch.as_tensor(m * (max_m / m.max()), dtype=torch.float32)
+
+
+def drw_class_weights(
+    class_counts: Sequence[int] | np.ndarray | Tensor, beta: float = 0.9999
+) -> Tensor:
+    """Class-balanced weights from the effective number of samples (Cui et al., CVPR 2019):
+    ``w_c = (1 − β) / (1 − β^{n_c})``, normalised to sum to C (counts clamped to ``≥ 1``)."""
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    counts = np.clip(_counts_array(class_counts), 1.0, None)
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return torch.as_tensor(w / w.sum() * len(counts), dtype=torch.float32)
+
+
+class LDAMLoss(MultiLabelLoss):
+    """Label-distribution-aware margin loss (LDAM; Cao et al., "Learning Imbalanced Datasets with
+    Label-Distribution-Aware Margin Loss", NeurIPS 2019) with optional deferred re-weighting
+    (DRW), adapted to multi-label classification.
+
+    Multi-label adaptation: each class is a binary problem; the margin is enforced on the
+    positive side only, ``ℓ_ic = w_c · BCEWithLogits(s · (z_ic − Δ_c y_ic), y_ic)``, where
+    ``Δ_c = max_m · n_c^{-1/4} / max_k n_k^{-1/4}`` (:func:`ldam_margins`; the official
+    single-label code subtracts Δ from the true class's logit before an ``s``-scaled softmax
+    cross-entropy). Negatives get no margin (their "competitor" in the softmax view is the
+    decision threshold, not a specific class).
+
+    DRW (paper §3.2 / official ``train.py``): ``w_c = 1`` for epochs ``< drw_start_epoch``;
+    from ``drw_start_epoch`` on (0-based epochs, set with :meth:`set_epoch`) ``w_c`` are the
+    effective-number weights of :func:`drw_class_weights` (β = ``drw_beta``). They multiply
+    ``ℓ_ic`` inside the per-sample mean over classes. ``drw_start_epoch=None``: never.
+    """
+
+    margins: Tensor
+    drw_weights: Tensor
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | np.ndarray | Tensor,
+        max_m: float = 0.5,
+        s: float = 30.0,
+        drw_start_epoch: int | None = None,
+        drw_beta: float = 0.9999,
+    ) -> None:
+        counts = _counts_array(class_counts)
+        super().__init__(len(counts))
+        if max_m < 0 or s <= 0:
+            raise ValueError("max_m must be >= 0 and s > 0")
+        if drw_start_epoch is not None and drw_start_epoch < 0:
+            raise ValueError(f"drw_start_epoch must be >= 0, got {drw_start_epoch}")
+        self.max_m = float(max_m)
+        self.s = float(s)
+        self.drw_start_epoch = drw_start_epoch
+        self.drw_beta = float(drw_beta)
+        self.register_buffer("margins", ldam_margins(counts, max_m), persistent=False)
+        self.register_buffer("drw_weights", drw_class_weights(counts, drw_beta), persistent=False)
+
+    @property
+    def drw_active(self) -> bool:
+        return self.drw_start_epoch is not None and self.epoch >= self.drw_start_epoch
+
+    @property
+    def class_weights(self) -> Tensor:
+        """The per-class weights used at the current epoch (C,)."""
+        return self.drw_weights if self.drw_active else torch.ones_like(self.drw_weights)
+
+    def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        margins = self.margins.to(device=logits.device, dtype=logits.dtype)
+        shifted = self.s * (logits - margins * targets)
+        loss = F.binary_cross_entropy_with_logits(shifted, targets, reduction="none")
+        if self.drw_active:
+            loss = loss * self.drw_weights.to(device=logits.device, dtype=logits.dtype)
+        return loss
+
+
+def _bce(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
+    return BCELoss(num_classes=len(counts), **options)
+
+
+def _asl(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
+    return AsymmetricLoss(num_classes=len(counts), **options)
+
+
+def _db(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
+    return DistributionBalancedLoss(counts, num_samples, **options)
+
+
+def _ldam(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
+    return LDAMLoss(counts, **options)
+
+
+def _ldam_drw(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
+    options.setdefault("drw_start_epoch", LDAM_DRW_DEFAULT_START_EPOCH)
+    return LDAMLoss(counts, **options)
+
+
+#: Cao et al. switch DRW on at epoch 160 of 200 (CIFAR); pass ``drw_start_epoch`` for others.
+LDAM_DRW_DEFAULT_START_EPOCH = 160
+
+#: name → (builder, the class whose keyword options it accepts)
+LOSSES: dict[str, tuple[Callable[..., MultiLabelLoss], type[MultiLabelLoss]]] = {
+    "bce": (_bce, BCELoss),
+    "asl": (_asl, AsymmetricLoss),
+    "db": (_db, DistributionBalancedLoss),
+    "ldam": (_ldam, LDAMLoss),
+    "ldam_drw": (_ldam_drw, LDAMLoss),
+}
+
+_NOT_OPTIONS = {"self", "class_counts", "num_samples", "num_classes"}
+
+
+def build_loss(
+    name: str,
+    class_counts: Sequence[int] | np.ndarray,
+    num_samples: int,
+    **options: Any,
+) -> nn.Module:
+    """Build a loss by name: ``"bce"``, ``"asl"``, ``"db"``, ``"ldam"`` or ``"ldam_drw"``.
+
+    ``class_counts`` (C,): training images containing each class; ``num_samples``: training
+    images. ``options`` go to the loss's constructor (e.g. ``gamma_neg=4`` for ``"asl"``,
+    ``drw_start_epoch=…`` for ``"ldam_drw"``, whose default is
+    :data:`LDAM_DRW_DEFAULT_START_EPOCH`). Unknown names or options raise ``ValueError``.
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    builder, cls = LOSSES[key]
+    accepted = sorted(set(inspect.signature(cls.__init__).parameters) - _NOT_OPTIONS)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"loss {key!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(accepted)}"
+        )
+    counts = _counts_array(class_counts)
+    num_samples = _check_num_samples(counts, num_samples)
+    return builder(counts, num_samples, **options)

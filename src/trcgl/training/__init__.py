@@ -1,0 +1,1 @@
+"""Two-stage training on accelerate: trainer, checkpoints, EMA."""

@@ -1,0 +1,382 @@
+"""Two-stage training of a trcgl classifier on accelerate (METHOD.md §4).
+
+Read top to bottom:
+
+1. load the prepared run (manifest, label graph, groups, image cache) and build the model;
+2. stage 1 (``warmup_epochs``): backbone frozen, head and label branch trained with AdamW at
+   ``warmup_lr``; synthetic images weigh ``w_syn_warmup``;
+3. stage 2 (``epochs``): everything trained, backbone and head at their own learning rates and
+   weight decays, linear warm-up then cosine decay; synthetic images weigh ``w_syn``;
+4. every epoch: validation mAP / mAUC / F1 overall and per frequency group (on the EMA
+   weights when EMA is on), a line in ``metrics.jsonl`` and TensorBoard, a checkpoint written
+   atomically, the best model saved as a model folder (``model/``), early stopping on mAP.
+
+Resuming: a run directory with a checkpoint continues after its last finished epoch with the
+same weights, optimiser state, RNG states and data order, so a killed and resumed run ends
+exactly as an uninterrupted one. Data order and augmentations depend only on (seed, epoch).
+
+Multi-GPU / multi-node: run the same command under ``accelerate launch``; each process takes
+its shard of every epoch's sample list, gradients are all-reduced by DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from trcgl.config import Config
+from trcgl.data.sampling import RepeatFactorSampler, repeat_factors
+from trcgl.data.transforms import reseed_transforms, worker_init_fn
+from trcgl.errors import TrcglError
+from trcgl.evaluation.metrics import MetricsReport, evaluate
+from trcgl.files import atomic_write_text
+from trcgl.models.build import build_model
+from trcgl.models.losses import build_loss
+from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trcgl.training.run_data import RunData
+from trcgl.training.schedule import cosine_with_warmup
+
+STAGE_FILE = "train.json"
+MODEL_DIR = "model"
+
+
+class TrainingError(TrcglError):
+    """Training cannot go on (e.g. a NaN loss)."""
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a checkpoint must carry besides tensors."""
+
+    epoch: int = -1  # last finished epoch (global, over both stages)
+    step: int = 0  # optimiser steps so far (both stages)
+    best_map: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def stage_of(epoch: int, cfg: Config) -> int:
+    return 1 if epoch < cfg.train.warmup_epochs else 2
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and labels over a loader (gathered across processes)."""
+    model.eval()
+    probs, labels = [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(batch["image"])["logits"]
+        p, y = accelerator.gather_for_metrics((torch.sigmoid(logits.float()), batch["labels"]))
+        probs.append(p.cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()
+
+
+class Trainer:
+    """Train the configured model on a prepared run directory."""
+
+    def __init__(self, config: Config, run_dir: str | Path, progress: bool = True) -> None:
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.data = RunData.load(self.run_dir)
+        t = config.train
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision(t.mixed_precision), cpu=not torch.cuda.is_available()
+        )
+        set_seed(t.seed)
+        self.model = build_model(config.model, self.data.manifest.classes, self.data.graph)
+        mean, std = self.model.normalization
+        self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
+        self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
+        self.is_synthetic = torch.from_numpy(self.data.is_synthetic("train").copy())
+        labels = self.train_set.labels_matrix()
+        counts = labels[~self.is_synthetic.numpy()].sum(axis=0)
+        options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
+        # DRW switches on for the last 20 % of stage 2, as at epoch 160 of 200 in Cao et al.
+        self.loss_fn = build_loss(
+            t.loss, counts, int((~self.is_synthetic.numpy()).sum()), **options
+        )
+        self.factors = (
+            repeat_factors(labels, t.repeat_threshold)
+            if t.sampler == "repeat_factor"
+            else np.ones(len(labels))
+        )
+        empty = [
+            c
+            for c, n in zip(
+                self.data.manifest.classes, self.val_set.labels_matrix().sum(0), strict=True
+            )
+            if n == 0
+        ]
+        if empty:
+            warnings.warn(
+                f"validation split has no positives for {empty}: these classes are left out "
+                "of the validation means (use a larger split.val_fraction to include them)",
+                stacklevel=2,
+            )
+        self.val_loader = self.accelerator.prepare(
+            DataLoader(
+                self.val_set,
+                batch_size=t.batch_size,
+                num_workers=t.num_workers,
+                worker_init_fn=worker_init_fn,
+            )
+        )
+        self.ema = None
+        self.state = TrainState()
+        self.writer = None
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        t, acc = self.cfg.train, self.accelerator
+        sampler = RepeatFactorSampler(
+            self.factors,
+            seed=t.seed,
+            shuffle=True,
+            num_replicas=acc.num_processes,
+            rank=acc.process_index,
+        )
+        sampler.set_epoch(epoch)
+        seed = _epoch_seed(t.seed, epoch)
+        reseed_transforms(self.train_set, seed)  # for num_workers=0; workers reseed themselves
+        return DataLoader(
+            self.train_set,
+            batch_size=t.batch_size,
+            sampler=sampler,
+            num_workers=t.num_workers,
+            worker_init_fn=worker_init_fn,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=len(sampler) > t.batch_size,
+        )
+
+    def _optimizer(self, stage: int) -> torch.optim.Optimizer:
+        t, model = self.cfg.train, self.model
+        if stage == 1:
+            model.freeze_backbone(True)
+            head = [p for p in model.head_parameters() if p.requires_grad]
+            groups = [{"params": head, "lr": t.warmup_lr, "weight_decay": t.head_weight_decay}]
+        else:
+            model.freeze_backbone(False)
+            groups = [
+                {
+                    "params": list(model.backbone_parameters()),
+                    "lr": t.backbone_lr,
+                    "weight_decay": t.backbone_weight_decay,
+                },
+                {
+                    "params": list(model.head_parameters()),
+                    "lr": t.head_lr,
+                    "weight_decay": t.head_weight_decay,
+                },
+            ]
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        return torch.optim.AdamW(groups)
+
+    def _steps_per_epoch(self) -> int:
+        n = len(self._train_loader(0))
+        cap = self.cfg.train.max_steps_per_epoch
+        return min(n, cap) if cap else n
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in record.items():
+            if isinstance(value, int | float) and key not in ("epoch", "stage"):
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
+
+    def validate(self, model: torch.nn.Module) -> MetricsReport:
+        probs, labels = predict_probabilities(model, self.val_loader, self.accelerator)
+        return evaluate(labels, probs, self.data.manifest.classes, self.data.groups)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        total_epochs = t.warmup_epochs + t.epochs
+        ckpt_dir = self.run_dir / "checkpoints"
+        if (self.run_dir / STAGE_FILE).is_file():
+            return json.loads((self.run_dir / STAGE_FILE).read_text())
+        resume = latest_checkpoint(ckpt_dir)
+        resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            resume_state = json.loads((resume / "trainer.json").read_text())
+            self.state = TrainState(**resume_state["state"])
+        steps_per_epoch = self._steps_per_epoch()
+        stage2_steps = steps_per_epoch * t.epochs
+        warmup_steps = round(t.lr_warmup_epochs * steps_per_epoch)
+        stage = None
+        optimizer = None
+        model = self.model
+        for epoch in range(self.state.epoch + 1, total_epochs):
+            if self.state.stopped_early:
+                break
+            if stage_of(epoch, cfg) != stage:  # (re)build optimiser, EMA and DDP wrapper
+                stage = stage_of(epoch, cfg)
+                model = acc.unwrap_model(model)
+                optimizer = self._optimizer(stage)
+                if self.ema is None and t.ema_decay > 0:
+                    from timm.utils import ModelEmaV3
+
+                    self.ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True)
+                if resume is not None:
+                    same_stage = resume_state["stage"] == stage
+                    load_checkpoint(resume, model, optimizer if same_stage else None, self.ema)
+                    resume = None
+                model, optimizer = acc.prepare(model, optimizer)
+            loader = self._train_loader(epoch)
+            w_syn = t.w_syn_warmup if stage == 1 else t.w_syn
+            self.loss_fn.set_epoch(epoch - t.warmup_epochs if stage == 2 else 0)
+            model.train()
+            started, losses = time.time(), []
+            for i, batch in enumerate(self._progress(loader, epoch, steps_per_epoch)):
+                if i >= steps_per_epoch:
+                    break
+                images = batch["image"].to(acc.device)
+                labels = batch["labels"].to(acc.device)
+                weights = batch["weight"].to(acc.device).clone()
+                syn = self.is_synthetic[batch["index"]].to(acc.device)
+                weights[syn] = w_syn
+                if stage == 2:
+                    factor = cosine_with_warmup(
+                        self.state.step - self._stage1_steps(steps_per_epoch),
+                        warmup_steps,
+                        stage2_steps,
+                    )
+                else:
+                    factor = 1.0
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+                with acc.autocast():
+                    logits = model(images)["logits"]
+                loss = self.loss_fn(logits.float(), labels, weights)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at epoch {epoch}, step {i}: lower the "
+                        "learning rate, check the inputs, or train with "
+                        "train.mixed_precision=no"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                if t.grad_clip > 0:
+                    acc.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                self.state.step += 1
+                if self.ema is not None:
+                    self.ema.update(acc.unwrap_model(model), step=self.state.step)
+                losses.append(loss.item())
+            eval_model = self.ema.module if self.ema is not None else model
+            report = self.validate(eval_model)
+            overall = report.summary["overall"]
+            record = {
+                "epoch": epoch,
+                "stage": stage,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "lr_head": optimizer.param_groups[-1]["lr"],
+                "seconds": round(time.time() - started, 2),
+                "val_mAP": overall["mAP"],
+                "val_mAUC": overall["mAUC"],
+                "val_F1": overall["macro_F1"],
+                **{
+                    f"val_{g}_mAP": report.summary[g]["mAP"]
+                    for g in ("head", "medium", "tail")
+                    if g in report.summary
+                },
+            }
+            self.state.history.append(record)
+            improved = overall["mAP"] > self.state.best_map
+            if improved:
+                self.state.best_map, self.state.best_epoch, self.state.bad_epochs = (
+                    overall["mAP"],
+                    epoch,
+                    0,
+                )
+                if acc.is_main_process:
+                    acc.unwrap_model(eval_model).save_pretrained(self.run_dir / MODEL_DIR)
+            else:
+                self.state.bad_epochs += 1
+            patience = t.early_stopping_patience
+            if stage == 2 and patience and self.state.bad_epochs >= patience:
+                self.state.stopped_early = True
+            self.state.epoch = epoch
+            self._log(record)
+            if acc.is_main_process:
+                save_checkpoint(
+                    ckpt_dir,
+                    epoch,
+                    acc.unwrap_model(model),
+                    optimizer,
+                    self.ema,
+                    {"stage": stage, "state": self.state.__dict__},
+                )
+            acc.wait_for_everyone()
+        result = {
+            "best_epoch": self.state.best_epoch,
+            "best_val_mAP": self.state.best_map,
+            "epochs_run": self.state.epoch + 1,
+            "stopped_early": self.state.stopped_early,
+            "steps": self.state.step,
+        }
+        if acc.is_main_process:
+            atomic_write_text(self.run_dir / STAGE_FILE, json.dumps(result, indent=2) + "\n")
+        if self.writer is not None:
+            self.writer.close()
+        return result
+
+    def _stage1_steps(self, steps_per_epoch: int) -> int:
+        return steps_per_epoch * self.cfg.train.warmup_epochs
+
+    def _progress(self, loader: DataLoader, epoch: int, total: int):
+        if not (self.progress and self.accelerator.is_main_process):
+            yield from loader
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(f"epoch {epoch}", total=total)
+            for batch in loader:
+                yield batch
+                bar.advance(task)
+
+
+def train(config: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train into ``run_dir`` (prepared already); resume if it holds a checkpoint."""
+    return Trainer(config, run_dir, progress).fit()

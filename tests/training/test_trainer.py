@@ -1,0 +1,183 @@
+"""Two-stage training on real NIH images (tiny model, 32 px): stages, logs, exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import trcgl.training.trainer as trainer_module
+from trcgl.config import load_config
+from trcgl.data.readers import read_nih
+from trcgl.models.base import load_model
+from trcgl.prepare import prepare
+from trcgl.training.trainer import Trainer, TrainingError, train
+
+OVERRIDES = [
+    "images.size=32",
+    "images.workers=1",
+    "model.backbone=convnextv2_atto",
+    "model.pretrained=null",
+    "model.embed_dim=16",
+    "model.hidden_dim=32",
+    "train.batch_size=8",
+    "train.warmup_epochs=1",
+    "train.epochs=2",
+    "train.max_steps_per_epoch=3",
+    "train.num_workers=0",
+    "train.lr_warmup_epochs=0.5",
+    "train.ema_decay=0.9",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, nih_sample) -> tuple[Path, list[str]]:
+    """A prepared run over 120 real NIH images, 5 classes, as a plain CSV."""
+    root = tmp_path_factory.mktemp("nih")
+    entries = read_nih(nih_sample / "Data_Entry_sample.csv").manifest.frame.head(120)
+    classes = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "No Finding"]
+    frame = entries[["image", "patient_id"]].copy()
+    y = entries[classes].to_numpy()
+    frame["labels"] = ["|".join(c for c, v in zip(classes, row, strict=True) if v) for row in y]
+    frame.to_csv(root / "labels.csv", index=False)
+    overrides = [
+        "data.format=plain",
+        f"data.labels_csv={root / 'labels.csv'}",
+        f"data.image_root={nih_sample / 'images'}",
+        f"data.classes=[{', '.join(classes)}]",
+        "data.vocabulary=null",
+        "groups.head=0.6",
+        "groups.tail=0.4",
+        *OVERRIDES,
+    ]
+    run = root / "run"
+    prepare(load_config("nih-demo", overrides), run, progress=False)
+    return run, overrides
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def test_two_stages_logs_checkpoint_and_model_folder(prepared, tmp_path):
+    run, overrides = prepared
+    run = _copy(run, tmp_path / "run")
+    cfg = load_config("nih-demo", overrides)
+    result = train(cfg, run, progress=False)
+    assert result["epochs_run"] == 3 and result["steps"] == 9
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == [1, 2, 2]
+    assert records[0]["lr_head"] == pytest.approx(1e-3)  # stage 1: warmup_lr
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_mAP"] <= 1 for r in records)
+    assert {"val_head_mAP", "val_medium_mAP", "val_tail_mAP"} <= set(records[0])
+    assert list((run / "tensorboard").iterdir())
+    ckpts = run / "checkpoints"
+    assert json.loads((ckpts / "latest.json").read_text())["checkpoint"] == "epoch-0002"
+    assert sorted(p.name for p in (ckpts / "epoch-0002").iterdir()) == [
+        "ema.safetensors",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "trainer.json",
+    ]
+    model = load_model(run / "model")
+    assert model.classes == ("Atelectasis", "Effusion", "Infiltration", "Nodule", "No Finding")
+    # a finished run is not trained again
+    assert train(cfg, run, progress=False) == result
+
+
+def test_stage1_trains_only_the_head(prepared, tmp_path):
+    run, overrides = prepared
+    run = _copy(run, tmp_path / "run")
+    cfg = load_config("nih-demo", [*overrides, "train.epochs=0", "train.ema_decay=0"])
+    trainer = Trainer(cfg, run, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.features.state_dict().items()}
+    head_before = trainer.model.classifier.weight.clone()
+    trainer.fit()
+    after = trainer.model.features.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_before, trainer.model.classifier.weight)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
+    prepared, tmp_path, monkeypatch, workers
+):
+    run, overrides = prepared
+    overrides = [*overrides, f"train.num_workers={workers}", "train.sampler=repeat_factor"]
+    cfg = load_config("nih-demo", overrides)
+    full = _copy(run, tmp_path / "full")
+    train(cfg, full, progress=False)
+
+    killed = _copy(run, tmp_path / "killed")
+    original = trainer_module.save_checkpoint
+
+    def save_then_die(directory, epoch, *args, **kwargs):
+        path = original(directory, epoch, *args, **kwargs)
+        if epoch == 1:  # killed right after the first stage-2 epoch was saved
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, killed, progress=False)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", original)
+    assert not (killed / "train.json").exists()
+    train(cfg, killed, progress=False)
+
+    def final(run_dir: Path) -> dict:
+        return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+    a, b = final(full), final(killed)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(
+        load_model(full / "model")(x)["logits"], load_model(killed / "model")(x)["logits"]
+    )
+
+
+def test_nan_loss_stops_with_advice(prepared, tmp_path, monkeypatch):
+    run, overrides = prepared
+    run = _copy(run, tmp_path / "run")
+    trainer = Trainer(load_config("nih-demo", overrides), run, progress=False)
+    monkeypatch.setattr(trainer, "loss_fn", _NaNLoss())
+    with pytest.raises(TrainingError, match="lower the learning rate"):
+        trainer.fit()
+
+
+class _NaNLoss(torch.nn.Module):
+    def forward(self, logits, targets, weights=None):
+        return logits.sum() * float("nan")
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def test_labels_only_run_cannot_train(tmp_path):
+    from trcgl.errors import DataError
+
+    cfg = load_config("nih-demo", ["data.image_root=null", "images.size=32"])
+    prepare(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(DataError, match="labels only"):
+        Trainer(cfg, tmp_path / "r")
+
+
+def test_empty_validation_class_warns(prepared, tmp_path):
+    run, overrides = prepared
+    run = _copy(run, tmp_path / "run")
+    frame = pd.read_parquet(run / "manifest.parquet")
+    assert (frame.loc[frame["split"] == "val", "Nodule"] == 1).any()
+    from trcgl.data.manifest import Manifest
+
+    m = Manifest.load(run / "manifest.parquet")
+    m.frame.loc[m.frame["split"] == "val", "Nodule"] = 0
+    m.save(run / "manifest.parquet")
+    with pytest.warns(UserWarning, match="no positives for \\['Nodule'\\]"):
+        Trainer(load_config("nih-demo", overrides), run, progress=False)
