@@ -113,5 +113,175 @@ def prepare(
     console.print(f"run directory: [bold]{out}[/]")
 
 
+def _run_dir(cfg, run_dir: Path | None) -> Path:
+    return run_dir or Path("runs") / cfg.name
+
+
+def metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    table = Table(title=title)
+    for col in ("subset", "mAP", "mAUC", "F1@0.5", "F1 tuned", "classes"):
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    for name, s in rows.items():
+        if not s.get("n_classes"):
+            continue
+        tuned = s.get("macro_F1_tuned")
+        table.add_row(
+            name,
+            f"{s['mAP']:.4f}",
+            f"{s['mAUC']:.4f}",
+            f"{s['macro_F1']:.4f}",
+            "" if tuned is None else f"{tuned:.4f}",
+            str(s["n_classes"]),
+        )
+    return table
+
+
+@app.command()
+def train(
+    config: ConfigOption,
+    overrides: Overrides = None,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Prepare (if needed) and train the configured model in two stages; resumes a killed run.
+
+    Multi-GPU / multi-node: `accelerate launch -m trcgl.cli train -c ...` (see the README)."""
+    import torch
+    from accelerate import PartialState
+
+    from trcgl.prepare import prepare as run_prepare
+    from trcgl.training.trainer import train as run_train
+
+    try:
+        cfg = load_config(config, overrides or [])
+        out = _run_dir(cfg, run_dir)
+        state = PartialState(cpu=not torch.cuda.is_available())
+        with state.main_process_first():  # the others then find it prepared
+            run_prepare(cfg, out, progress=state.is_main_process)
+        result = run_train(cfg, out)
+    except TrcglError as exc:
+        _fail(exc)
+    if not state.is_main_process:
+        return
+    console.print(
+        f"best validation mAP {result['best_val_mAP']:.4f} at epoch {result['best_epoch']} "
+        f"({result['epochs_run']} epochs, {result['steps']} steps"
+        + (", stopped early" if result["stopped_early"] else "")
+        + ")"
+    )
+    console.print(f"model folder: [bold]{out / 'model'}[/]")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="A trained run directory.")],
+    model: Annotated[
+        Path | None, typer.Option(help="Model folder (default: RUN_DIR/model).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate: val or test.")] = "val",
+    batch_size: int = 32,
+    workers: int = 0,
+) -> None:
+    """Metrics of a model on a split: metrics.json, per-class table, Tables 1–2 layouts."""
+    from trcgl.evaluation.report import evaluate_run
+
+    try:
+        ev = evaluate_run(run_dir, model, split, batch_size, workers)
+    except TrcglError as exc:
+        _fail(exc)
+    console.print(metrics_table(f"{ev.name} on {split}", ev.report.summary))
+    if ev.report.excluded:
+        console.print(
+            f"[yellow]no positives in {split}, left out:[/] {', '.join(ev.report.excluded)}"
+        )
+    if split == "val":
+        console.print("F1 tuned: thresholds tuned on this same split (optimistic)")
+    console.print(f"written to [bold]{ev.out_dir}[/]")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="Model folder (from trcgl train).")],
+    images: Annotated[Path, typer.Argument(help="A folder of PNG/JPEG/DICOM images, or a CSV.")],
+    out: Annotated[Path, typer.Option(help="Output CSV (ImageID + one column per class).")] = Path(
+        "predictions.csv"
+    ),
+    image_root: Annotated[Path | None, typer.Option(help="Root of relative CSV paths.")] = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    skip_corrupt: Annotated[bool, typer.Option(help="Skip and list unreadable images.")] = False,
+) -> None:
+    """Probabilities for new images, in the CXR-LT submission layout."""
+    import torch
+
+    from trcgl.evaluation.inference import list_images, predict_files
+    from trcgl.files import atomic_write_text
+    from trcgl.models.base import load_model
+
+    try:
+        m = load_model(model)
+        table = list_images(images, image_root)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        preds = predict_files(
+            m, table, batch_size, workers, skip_corrupt=skip_corrupt, device=device
+        )
+    except TrcglError as exc:
+        _fail(exc)
+    atomic_write_text(out, preds.to_frame().to_csv(index=False))
+    console.print(f"{len(preds.image_ids):,} images → [bold]{out}[/]")
+    if preds.skipped:
+        skipped = out.with_name(out.stem + "_skipped.txt")
+        atomic_write_text(skipped, "\n".join(preds.skipped) + "\n")
+        console.print(f"[yellow]skipped {len(preds.skipped)} unreadable images[/]: {skipped}")
+
+
+@app.command()
+def explain(
+    model: Annotated[Path, typer.Option(help="Model folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("explain"),
+    top_k: Annotated[int, typer.Option(help="Classes shown in Fig. 4.")] = 3,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="Run directory: use its tuned thresholds and true labels in Fig. 5."),
+    ] = None,
+) -> None:
+    """Fig. 4 (attention maps of the top-k classes) and Fig. 5 (confidences) per image."""
+    from trcgl.evaluation.explain import explain_images
+    from trcgl.models.base import load_model
+
+    try:
+        m = load_model(model)
+        thresholds, labels = _run_context(run_dir, m.classes) if run_dir else (None, None)
+        written = explain_images(m, images, out, top_k, thresholds, labels)
+    except TrcglError as exc:
+        _fail(exc)
+    for path in written:
+        console.print(str(path))
+
+
+def _run_context(run_dir: Path, classes: tuple[str, ...]):
+    """Tuned thresholds (from ``trcgl evaluate``) and true labels by image file name."""
+    import numpy as np
+    import pandas as pd
+
+    from trcgl.data.manifest import Manifest
+
+    thresholds = None
+    per_class = run_dir / "evaluation" / "val" / "per_class.csv"
+    if per_class.is_file():
+        table = pd.read_csv(per_class).set_index("class")
+        if "threshold" in table:
+            thresholds = table.loc[list(classes), "threshold"].to_numpy()
+    manifest = Manifest.load(run_dir / "manifest.parquet")
+    y = manifest.frame[list(classes)].to_numpy()
+    names = [Path(p).name for p in manifest.frame["image"]]
+    labels = {n: np.asarray(row) for n, row in zip(names, y, strict=True)}
+    return thresholds, labels
+
+
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -319,10 +319,9 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("trcgl").joinpath(PRESET_DIR)
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
+    """Shipped presets, by name (``padchest``, ``baselines/resnet50``, …)."""
+    folder = Path(str(resources.files("trcgl").joinpath(PRESET_DIR)))
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
 
 
 def _preset_or_path(name_or_path: str | Path) -> Path:
@@ -337,18 +336,35 @@ def _preset_or_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file or shipped preset, apply ``key=value`` overrides, validate."""
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    names_or_paths: str | Path | list[str | Path] | None = None, overrides: list[str] = ()
+) -> Config:
+    """Read YAML files or shipped presets (later ones update earlier ones, section by
+    section), apply ``key=value`` overrides, validate."""
+    if names_or_paths is None:
+        names_or_paths = []
+    elif isinstance(names_or_paths, str | Path):
+        names_or_paths = [names_or_paths]
     tree: dict[str, Any] = {}
-    if name_or_path is not None:
-        path = _preset_or_path(name_or_path)
+    for item in names_or_paths:
+        path = _preset_or_path(item)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-        tree = loaded or {}
+        tree = _merge(tree, loaded or {})
     for key, value in parse_overrides(list(overrides)):
         _set(tree, key, value)
     config = _build(Config, tree)

@@ -49,7 +49,7 @@ def test_eq12_13_class_spatial_attention_by_hand():
     torch.testing.assert_close(a.sum(dim=(2, 3)), torch.ones(2, 3))
     for b in range(2):
         for c in range(3):
-            m = (layer.score_maps.weight[c, :, 0, 0][:, None, None] * x[b]).sum(0)
+            m = (layer.score_maps.weight[c][:, None, None] * x[b]).sum(0)
             m = m + layer.score_maps.bias[c]  # Eq. 12: M_c
             att = torch.softmax(m.flatten(), 0)
             v = (att[None, :] * x[b].flatten(1)).sum(1)  # Eq. 13: v_c

@@ -40,7 +40,8 @@ class ClassSpatialAttention(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, class_weights: bool = True) -> None:
         super().__init__()
-        self.score_maps = nn.Conv2d(channels, num_classes, kernel_size=1)  # Eq. 12: M
+        # Eq. 12: M = Conv1×1(X_r), as a linear map over the channels of each position
+        self.score_maps = nn.Linear(channels, num_classes)
         self.class_weights = class_weights
         if class_weights:  # s_spatial,c = w_c · v_c + b_c with its own w_c, b_c
             self.weight = nn.Parameter(torch.empty(num_classes, channels))
@@ -59,9 +60,10 @@ class ClassSpatialAttention(nn.Module):
         classifier's, as in the authors' code) score v_c.
         """
         b, _, h, w = x_r.shape
-        m = self.score_maps(x_r).flatten(2)  # B×C×HW
+        positions = x_r.flatten(2).transpose(1, 2)  # B×HW×D
+        m = self.score_maps(positions).transpose(1, 2)  # B×C×HW
         a = m.softmax(dim=-1)  # Eq. 12: softmax over positions
-        v = torch.bmm(a, x_r.flatten(2).transpose(1, 2))  # Eq. 13: B×C×D
+        v = torch.bmm(a, positions)  # Eq. 13: B×C×D
         if self.class_weights:
             weight, bias = self.weight, self.bias
         else:

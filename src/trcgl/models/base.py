@@ -44,7 +44,14 @@ def register(name: str) -> Callable[[type[Classifier]], type[Classifier]]:
     return wrap
 
 
+def _import_architectures() -> None:
+    """Import the modules that register the shipped architectures."""
+    import trcgl.models.baselines
+    import trcgl.models.trcgl_net  # noqa: F401
+
+
 def architectures() -> list[str]:
+    _import_architectures()
     return sorted(_REGISTRY)
 
 
@@ -55,6 +62,9 @@ class Classifier(nn.Module):
 
     architecture: ClassVar[str] = ""
     init_kwargs: dict[str, Any]
+    #: How inputs were prepared in training (``image_size``, ``mean``, ``std``); saved in
+    #: config.json so that ``predict`` / ``explain`` prepare new images the same way.
+    preprocessing: dict[str, Any] | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -94,6 +104,7 @@ class Classifier(nn.Module):
             "architecture": self.architecture,
             "trcgl_version": __version__,
             "kwargs": self.init_kwargs,
+            "preprocessing": self.preprocessing,
         }
         atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
@@ -118,6 +129,7 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"not a model folder: no {CONFIG_FILE}", path=folder)
     config = json.loads(path.read_text())
+    _import_architectures()
     if config.get("architecture") not in _REGISTRY:
         raise DataError(
             f"unknown architecture {config.get('architecture')!r}; known: {architectures()}",
@@ -166,4 +178,5 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Classi
     kwargs.update(cls.folder_kwargs(folder))
     model = cls(**kwargs)
     load_state(model, folder / WEIGHTS_FILE)
+    model.preprocessing = config.get("preprocessing")
     return model.to(device).eval()

@@ -9,8 +9,17 @@ from trcgl.labels.graph import LabelGraph
 from trcgl.models.base import Classifier
 
 
-def build_model(cfg: ModelConfig, classes: Sequence[str], graph: LabelGraph | None) -> Classifier:
-    """TRCGL-Net or one of the Table 1 baselines, from the ``model`` config section."""
+def build_model(
+    cfg: ModelConfig,
+    classes: Sequence[str],
+    graph: LabelGraph | None,
+    image_size: int | None = None,
+) -> Classifier:
+    """TRCGL-Net or one of the Table 1 baselines, from the ``model`` config section.
+
+    ``image_size`` is passed to the baselines with a fixed input size (ViT, CLIP); the
+    convolutional ones ignore it.
+    """
     classes = list(classes)
     if cfg.architecture == "trcgl_net":
         from trcgl.models.trcgl_net import TRCGLNet
@@ -42,6 +51,7 @@ def build_model(cfg: ModelConfig, classes: Sequence[str], graph: LabelGraph | No
             backbone=cfg.backbone,
             pretrained=cfg.pretrained,
             drop_path_rate=cfg.drop_path_rate,
+            img_size=image_size,
         )
     if cfg.architecture == "csra":
         return baselines.CSRAClassifier(
@@ -52,4 +62,6 @@ def build_model(cfg: ModelConfig, classes: Sequence[str], graph: LabelGraph | No
             lam=cfg.csra_lam,
             drop_path_rate=cfg.drop_path_rate,
         )
-    return baselines.CLIPClassifier(classes=classes, arch=cfg.backbone, pretrained=cfg.pretrained)
+    return baselines.CLIPClassifier(
+        classes=classes, arch=cfg.backbone, pretrained=cfg.pretrained, image_size=image_size
+    )

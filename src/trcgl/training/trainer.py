@@ -113,8 +113,13 @@ class Trainer:
             mixed_precision=mixed_precision(t.mixed_precision), cpu=not torch.cuda.is_available()
         )
         set_seed(t.seed)
-        self.model = build_model(config.model, self.data.manifest.classes, self.data.graph)
+        self.model = build_model(
+            config.model, self.data.manifest.classes, self.data.graph, self.data.image_size
+        )
         mean, std = self.model.normalization
+        self.model.preprocessing = {
+            "image_size": self.data.image_size, "mean": list(mean), "std": list(std)
+        }
         self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
         self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
         self.is_synthetic = torch.from_numpy(self.data.is_synthetic("train").copy())
