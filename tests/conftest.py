@@ -38,3 +38,65 @@ def padchest_csv() -> Path:
 def padchest(padchest_csv: Path) -> ReadResult:
     """The real PadChest CSV read once with the default mapping."""
     return read_padchest(padchest_csv)
+
+
+#: A tiny but complete training configuration (convnextv2_atto at 32 px, 3 steps an epoch).
+TINY_TRAIN = [
+    "images.size=32",
+    "images.workers=1",
+    "model.backbone=convnextv2_atto",
+    "model.pretrained=null",
+    "model.embed_dim=16",
+    "model.hidden_dim=32",
+    "train.batch_size=8",
+    "train.warmup_epochs=1",
+    "train.epochs=2",
+    "train.max_steps_per_epoch=3",
+    "train.num_workers=0",
+    "train.lr_warmup_epochs=0.5",
+    "train.ema_decay=0.9",
+]
+SMALL_CLASSES = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "No Finding"]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, nih_sample) -> tuple[Path, list[str]]:
+    """A prepared run over 120 real NIH images, 5 classes (a plain CSV), and its overrides."""
+    from trcgl.config import load_config
+    from trcgl.data.readers import read_nih
+    from trcgl.prepare import prepare
+
+    root = tmp_path_factory.mktemp("nih")
+    entries = read_nih(nih_sample / "Data_Entry_sample.csv").manifest.frame.head(120)
+    frame = entries[["image", "patient_id"]].copy()
+    y = entries[SMALL_CLASSES].to_numpy()
+    frame["labels"] = ["|".join(c for c, v in zip(SMALL_CLASSES, r, strict=True) if v) for r in y]
+    frame.to_csv(root / "labels.csv", index=False)
+    overrides = [
+        "data.format=plain",
+        f"data.labels_csv={root / 'labels.csv'}",
+        f"data.image_root={nih_sample / 'images'}",
+        f"data.classes=[{', '.join(SMALL_CLASSES)}]",
+        "data.vocabulary=null",
+        "groups.head=0.6",
+        "groups.tail=0.4",
+        *TINY_TRAIN,
+    ]
+    run = root / "run"
+    prepare(load_config("nih-demo", overrides), run, progress=False)
+    return run, overrides
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The prepared run above, trained (1 + 2 tiny epochs). Treat as read-only."""
+    import shutil
+
+    from trcgl.config import load_config
+    from trcgl.training.trainer import train
+
+    run, overrides = prepared
+    trained = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(run, trained)
+    train(load_config("nih-demo", overrides), trained, progress=False)
+    return trained, overrides

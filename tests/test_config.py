@@ -25,6 +25,8 @@ def test_overrides_are_typed():
     cfg = load_config("nih-demo", ["split.seed=3", "groups.head=0.75", "data.projections=[PA]"])
     assert cfg.split.seed == 3 and cfg.groups.head == 0.75 and cfg.data.projections == ["PA"]
     assert load_config("nih-demo", ["data.projections=null"]).data.projections is None
+    # PyYAML reads 1e-3 as a string; float fields accept it
+    assert load_config("nih-demo", ["train.head_lr=1e-3"]).train.head_lr == 0.001
 
 
 @pytest.mark.parametrize(

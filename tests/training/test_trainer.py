@@ -13,51 +13,9 @@ import torch
 
 import trcgl.training.trainer as trainer_module
 from trcgl.config import load_config
-from trcgl.data.readers import read_nih
 from trcgl.models.base import load_model
 from trcgl.prepare import prepare
 from trcgl.training.trainer import Trainer, TrainingError, train
-
-OVERRIDES = [
-    "images.size=32",
-    "images.workers=1",
-    "model.backbone=convnextv2_atto",
-    "model.pretrained=null",
-    "model.embed_dim=16",
-    "model.hidden_dim=32",
-    "train.batch_size=8",
-    "train.warmup_epochs=1",
-    "train.epochs=2",
-    "train.max_steps_per_epoch=3",
-    "train.num_workers=0",
-    "train.lr_warmup_epochs=0.5",
-    "train.ema_decay=0.9",
-]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, nih_sample) -> tuple[Path, list[str]]:
-    """A prepared run over 120 real NIH images, 5 classes, as a plain CSV."""
-    root = tmp_path_factory.mktemp("nih")
-    entries = read_nih(nih_sample / "Data_Entry_sample.csv").manifest.frame.head(120)
-    classes = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "No Finding"]
-    frame = entries[["image", "patient_id"]].copy()
-    y = entries[classes].to_numpy()
-    frame["labels"] = ["|".join(c for c, v in zip(classes, row, strict=True) if v) for row in y]
-    frame.to_csv(root / "labels.csv", index=False)
-    overrides = [
-        "data.format=plain",
-        f"data.labels_csv={root / 'labels.csv'}",
-        f"data.image_root={nih_sample / 'images'}",
-        f"data.classes=[{', '.join(classes)}]",
-        "data.vocabulary=null",
-        "groups.head=0.6",
-        "groups.tail=0.4",
-        *OVERRIDES,
-    ]
-    run = root / "run"
-    prepare(load_config("nih-demo", overrides), run, progress=False)
-    return run, overrides
 
 
 def _copy(run: Path, to: Path) -> Path:
@@ -65,11 +23,10 @@ def _copy(run: Path, to: Path) -> Path:
     return to
 
 
-def test_two_stages_logs_checkpoint_and_model_folder(prepared, tmp_path):
-    run, overrides = prepared
-    run = _copy(run, tmp_path / "run")
+def test_two_stages_logs_checkpoint_and_model_folder(trained_run):
+    run, overrides = trained_run
     cfg = load_config("nih-demo", overrides)
-    result = train(cfg, run, progress=False)
+    result = json.loads((run / "train.json").read_text())
     assert result["epochs_run"] == 3 and result["steps"] == 9
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == [1, 2, 2]

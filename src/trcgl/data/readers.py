@@ -139,6 +139,25 @@ def _multi_hot(
     return out
 
 
+def _pipe_lists(
+    column: pd.Series, path: Path, name: str, allow_empty: bool
+) -> list[list[str]]:
+    """Split pipe-separated label lists; an empty element (``a||b``) is an error, and so is
+    an empty cell unless ``allow_empty``."""
+    lists = []
+    for i, text in enumerate(column):
+        parts = [p.strip() for p in text.split("|")] if text.strip() or not allow_empty else []
+        if any(not p for p in parts):
+            raise DataError(
+                f"cannot parse label list {text!r} (pipe-separated names expected)",
+                path=path,
+                row=_line(i),
+                column=name,
+            )
+        lists.append(parts)
+    return lists
+
+
 def read_cxrlt(path: str | Path, classes: Sequence[str] = CXRLT_CLASSES) -> ReadResult:
     """Read the CXR-LT 2026 CSV: ``ImageID``, ``PatientID`` and a 0/1 column per class."""
     path = Path(path)
@@ -158,17 +177,7 @@ def read_nih(path: str | Path, classes: Sequence[str] = NIH_CLASSES) -> ReadResu
     df = _read_csv(path)
     _require(df, ["Image Index", "Finding Labels", "Patient ID"], path)
     _check_ids(df, "Image Index", "Patient ID", path)
-    lists = []
-    for i, text in enumerate(df["Finding Labels"]):
-        parts = [p.strip() for p in text.split("|")]
-        if not text.strip() or any(not p for p in parts):
-            raise DataError(
-                f"cannot parse label list {text!r} (pipe-separated finding names expected)",
-                path=path,
-                row=_line(i),
-                column="Finding Labels",
-            )
-        lists.append(parts)
+    lists = _pipe_lists(df["Finding Labels"], path, "Finding Labels", allow_empty=False)
     labels = _multi_hot(lists, classes, path, "Finding Labels")
     records = pd.DataFrame(
         {
@@ -190,17 +199,7 @@ def read_plain(path: str | Path, classes: Sequence[str]) -> ReadResult:
     if "image_id" not in df:
         df["image_id"] = [Path(p).name for p in df["image"]]
     _check_ids(df, "image_id", "patient_id", path)
-    lists = []
-    for i, text in enumerate(df["labels"]):
-        parts = [p.strip() for p in text.split("|")] if text.strip() else []
-        if any(not p for p in parts):
-            raise DataError(
-                f"cannot parse label list {text!r} (pipe-separated class names expected)",
-                path=path,
-                row=_line(i),
-                column="labels",
-            )
-        lists.append(parts)
+    lists = _pipe_lists(df["labels"], path, "labels", allow_empty=True)
     labels = _multi_hot(lists, classes, path, "labels")
     records = df[["image", "image_id", "patient_id"]].copy()
     if "view" in df:

@@ -61,11 +61,22 @@ def table2_row(name: str, report: MetricsReport) -> dict[str, Any]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(rows)
     head = "| " + " | ".join(frame.columns) + " |"
-    sep = "|" + "|".join("---" if c == "method" else "---:" for c in frame.columns) + "|"
-    body = [
-        "| " + " | ".join(v if isinstance(v, str) else f"{v:.4f}" for v in r) + " |"
-        for r in frame.itertuples(index=False)
-    ]
+    sep = (
+        "|"
+        + "|".join(
+            "---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns
+        )
+        + "|"
+    )
+
+    def cell(v: Any) -> str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, int | np.integer):
+            return str(v)
+        return f"{v:.4f}"
+
+    body = ["| " + " | ".join(cell(v) for v in r) + " |" for r in frame.itertuples(index=False)]
     return "\n".join([head, sep, *body])
 
 
