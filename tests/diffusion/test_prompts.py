@@ -1,0 +1,203 @@
+"""Prompts p_n (METHOD.md §1): hand examples, the real PadChest tail rows, the tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import CLIPTokenizer
+
+from trcgl.data.manifest import Manifest
+from trcgl.data.readers import read_nih
+from trcgl.data.vocab import load_mapping
+from trcgl.diffusion.prompts import (
+    PromptParts,
+    build_prompt,
+    fits_tokenizer,
+    parse_localizations,
+    prompt_parts,
+    prompts_for_manifest,
+    shorten_prompt,
+    token_lengths,
+    view_phrase,
+)
+from trcgl.diffusion.text import CLIP_VOCAB_SIZE, load_tokenizer
+from trcgl.errors import ConfigError
+
+#: The tail classes of CXR-LT by the project's mapping on the real PadChest CSV.
+TAIL = ["Hydropneumothorax", "pneumoperitoneo", "Subcutaneous Emphysema", "azygos lobe",
+        "Pneumothorax"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> CLIPTokenizer:
+    return load_tokenizer()
+
+
+# -- hand examples ----------------------------------------------------------------------------
+def test_method_example():
+    locs = "[['pneumothorax', 'loc left', 'loc apical'], ['normal']]"
+    assert (
+        build_prompt(["Pneumothorax"], "PA", locs)
+        == "chest x-ray, PA view: pneumothorax, left apical"
+    )
+
+
+@pytest.mark.parametrize(
+    ("view", "phrase"),
+    [("PA", "PA view"), ("AP", "AP view"), ("AP_horizontal", "supine AP view"),
+     ("L", "lateral view"), ("COSTAL", None), ("", None), (None, None)],
+)  # fmt: skip
+def test_views(view, phrase):
+    assert view_phrase(view) == phrase
+
+
+def test_padchest_localisations_by_label():
+    locs = (
+        "[['pleural effusion', 'loc pleural', 'loc right'], ['normal'], [], "
+        "['pleural effusion both sides', 'loc pleural'], ['NSG tube', 'loc gastric chamber'], "
+        "['unchanged'], ['normal', 'loc cardiac']]"
+    )
+    labels = ["pleural effusion", "Support Devices", "Normal"]
+    assert build_prompt(labels, "AP_horizontal", locs) == (
+        "chest x-ray, supine AP view: pleural effusion, pleural right bilateral, "
+        "support devices, gastric chamber, normal"
+    )
+
+
+def test_sentence_locations_go_to_every_related_finding_only():
+    locs = "[['emphysema', 'interstitial pattern', 'loc hemithorax', 'loc left'], ['pneumothorax']]"
+    assert build_prompt(["Emphysema", "interstitial pattern", "Pneumothorax"], "L", locs) == (
+        "chest x-ray, lateral view: emphysema, hemithorax left, "
+        "interstitial pattern, hemithorax left, pneumothorax"
+    )
+
+
+def test_mapping_relates_raw_findings_to_classes():
+    # "callus rib fracture" is a raw finding that the mapping counts toward "fracture".
+    locs = "[['callus rib fracture', 'loc rib', 'loc left'], ['azygos lobe', 'loc lobar']]"
+    mapping = load_mapping()
+    assert mapping.classes_of("callus rib fracture") == ("fracture",)
+    prompt = build_prompt(["fracture", "azygos lobe"], "PA", locs, mapping=mapping)
+    assert prompt == "chest x-ray, PA view: fracture, rib left, azygos lobe, lobar"
+
+
+def test_flat_localisation_list_groups_runs():
+    groups = parse_localizations("['infiltrates', 'loc right', 'loc basal', 'normal', 'loc left']")
+    assert groups == ((("infiltrates",), ("right", "basal")), (("normal",), ("left",)))
+
+
+def test_nan_entries_and_unparseable_strings_never_crash():
+    assert build_prompt(["Pneumothorax"], "PA", "[nan, ['pneumothorax', 'loc right']]") == (
+        "chest x-ray, PA view: pneumothorax, right"
+    )
+    for bad in ("[['pneumothorax', 'loc right'", "not a list", "{1: 2}", "42", "nan", ""):
+        assert build_prompt(["Pneumothorax"], "PA", bad) == "chest x-ray, PA view: pneumothorax"
+
+
+def test_no_label_and_unknown_view():
+    assert build_prompt([], "PA") == "chest x-ray, PA view: no finding"
+    assert build_prompt(["No Finding"], "AP", dataset="nih") == "chest x-ray, AP view: no finding"
+    assert build_prompt(["Mass"], "UNK") == "chest x-ray: mass"
+    with pytest.raises(ConfigError, match=r"unknown dataset"):
+        build_prompt(["Mass"], "PA", dataset="mimic")
+
+
+def test_nih_rows(nih_sample):
+    assert build_prompt(["Effusion", "Mass"], "AP", dataset="nih") == (
+        "chest x-ray, AP view: effusion, mass"
+    )
+    manifest = read_nih(nih_sample / "Data_Entry_sample.csv").manifest
+    prompts = dict(zip(manifest.frame["image"], prompts_for_manifest(manifest, "nih"), strict=True))
+    assert prompts["00000012_000.png"] == "chest x-ray, PA view: effusion, mass"
+    assert prompts["00000404_000.png"] == (
+        "chest x-ray, AP view: atelectasis, effusion, mass, consolidation, pleural thickening"
+    )
+
+
+# -- shortening -------------------------------------------------------------------------------
+def test_shortening_drops_locations_first_then_trailing_labels(tokenizer):
+    long_locs = tuple(f"place{i}" for i in range(30))
+    parts = PromptParts("PA view", (("pneumothorax", long_locs), ("mass", ("left",))))
+    assert not fits_tokenizer(parts.text(), tokenizer)
+    # The last item's locations go first; still too long, then the first item's.
+    assert shorten_prompt(parts, tokenizer) == "chest x-ray, PA view: pneumothorax, mass"
+    short = PromptParts("PA view", (("pneumothorax", ("left", "apical")), ("mass", long_locs)))
+    assert shorten_prompt(short, tokenizer) == (
+        "chest x-ray, PA view: pneumothorax, left apical, mass"
+    )
+    many = PromptParts("PA view", tuple((f"finding number {i}", ()) for i in range(30)))
+    many_kept = (*many.items, ("pneumothorax", ()))
+    text = shorten_prompt(PromptParts("PA view", many_kept), tokenizer, keep=["Pneumothorax"])
+    assert fits_tokenizer(text, tokenizer)
+    assert text.startswith("chest x-ray, PA view: finding number 0, finding number 1")
+    assert text.endswith(", pneumothorax")
+
+
+# -- real PadChest ----------------------------------------------------------------------------
+def test_padchest_tail_rows(padchest, tokenizer):
+    frame = padchest.manifest.frame
+    rows = frame[frame[TAIL].any(axis=1)]
+    assert len(rows) > 1000
+    tail = Manifest(rows, padchest.manifest.classes)
+    prompts = prompts_for_manifest(tail, "padchest", tokenizer=tokenizer, keep=TAIL)
+    lengths = np.array(token_lengths(prompts, tokenizer))
+    assert lengths.max() <= 77
+    assert (lengths > 5).all()
+    unshortened = prompts_for_manifest(tail, "padchest")
+    assert sum(a != b for a, b in zip(prompts, unshortened, strict=True)) >= 1  # some were long
+    has_location = 0
+    for prompt, (_, row) in zip(prompts, rows.iterrows(), strict=True):
+        assert prompt.startswith("chest x-ray")
+        for cls in TAIL:
+            if row[cls]:
+                assert cls.lower() in prompt, (prompt, cls)
+        has_location += prompt != build_prompt([c for c in tail.classes if row[c]], row["view"])
+    assert has_location > len(rows) // 2  # most tail rows are localised in the report
+
+
+def test_prompt_parts_are_structured():
+    parts = prompt_parts(["Pneumothorax", "Mass"], "PA", "[['pneumothorax', 'loc left']]")
+    assert parts.items == (("pneumothorax", ("left",)), ("mass", ()))
+    assert parts.without_locations().text() == "chest x-ray, PA view: pneumothorax, mass"
+
+
+# -- tokenizer --------------------------------------------------------------------------------
+def test_tokenizer_matches_open_clip(tokenizer):
+    import open_clip
+
+    reference = open_clip.get_tokenizer("ViT-B-32")
+    assert len(tokenizer) == CLIP_VOCAB_SIZE
+    prompts = [
+        "chest x-ray, PA view: pneumothorax, left apical",
+        "chest x-ray, supine AP view: pleural effusion, pleural right bilateral, support devices",
+        "Hydropneumothorax   and  SUBCUTANEOUS emphysema!! 3.5 cm, don't",
+        "",
+    ]
+    expected = reference(prompts)
+    for prompt, row in zip(prompts, expected, strict=True):
+        ids = row.tolist()
+        ids = ids[: ids.index(49407) + 1]  # open_clip pads with 0 after the end token
+        assert tokenizer(prompt).input_ids == ids
+    padded = tokenizer(prompts[0], padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and padded[-1] == 49407
+
+
+def test_broken_tokenizer_guard(tmp_path):
+    # The offline stand-in: a tokenizer with a handful of tokens, loaded without an error.
+    tiny = CLIPTokenizer(vocab={"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}, merges=[])
+    tiny.save_pretrained(tmp_path / "tiny")
+    with pytest.raises(ConfigError, match=r"only \d+ tokens.*hf download"):
+        load_tokenizer(tmp_path / "tiny")
+    # Offline, an uncached hub id gives transformers' 2-token stand-in without an error.
+    with pytest.raises(ConfigError, match=r"only 2 tokens"):
+        load_tokenizer("trcgl-test/no-such-tokenizer")
+    with pytest.raises(ConfigError, match=r"cannot load a CLIP tokenizer"):
+        load_tokenizer(tmp_path / "missing-folder-that-is-no-hub-id")
+
+
+def test_tokenizer_from_local_folder(tmp_path, tokenizer):
+    pipeline = tmp_path / "pipeline"
+    tokenizer.save_pretrained(pipeline / "tokenizer")  # diffusers layout
+    loaded = load_tokenizer(pipeline)
+    prompt = "chest x-ray, PA view: pneumothorax, left apical"
+    assert loaded(prompt).input_ids == tokenizer(prompt).input_ids
