@@ -109,3 +109,18 @@ def test_evaluate_without_a_model_folder_is_a_clear_error(prepared):
     run, _ = prepared
     result = _invoke("evaluate", "--run-dir", str(run))
     assert result.exit_code == 2 and "not a model folder" in result.output
+
+
+def test_explain_a_model_without_attention_maps_gives_fig5_only(nih_sample, tmp_path):
+    from trcgl.evaluation.explain import explain_images
+    from trcgl.models.baselines import TimmClassifier
+
+    model = TimmClassifier(classes=["a", "b", "c"], backbone="convnextv2_atto", pretrained=None)
+    model.preprocessing = {"image_size": 32}
+    model.save_pretrained(tmp_path / "m")
+    from trcgl.models import load_model
+
+    image = nih_sample / "images" / "00000001_000.png"
+    with pytest.warns(UserWarning, match="no class attention maps"):
+        written = explain_images(load_model(tmp_path / "m"), [image], tmp_path / "out")
+    assert [p.name for p in written] == ["00000001_000_confidence.png"]

@@ -1,0 +1,753 @@
+"""Training the prompt-latent diffusion generator, Eq. 3 (METHOD.md §1).
+
+L_diff = E_{x_0, ε, t} ‖ε − ε_θ(x_t, t, E_cond)‖², x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
+(``scheduler.add_noise``), where x_0 are the VAE latents of real images (times
+``vae.config.scaling_factor``), t is uniform over the DDPM schedule's timesteps, ε ~ N(0, I),
+and E_cond = concat_seq(C, E_n) (Eq. 2).
+
+* The context vectors C always train; the UNet by ``unet_mode``: ``"frozen"`` (only C — then the
+  gradients reach C through the UNet's cross-attention), ``"lora"`` (a PEFT LoRA adapter on the
+  attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0``) or ``"full"``. The text
+  encoder and the VAE are frozen.
+* Decision (METHOD.md §1): with probability ``cond_dropout`` = 0.1 a sample's condition is
+  replaced by the unconditional one (the empty prompt, :meth:`PromptConditioner.
+  encode_unconditional`), so that classifier-free guidance (Eq. 4) works at sampling.
+* AdamW (no weight decay on C), gradient clipping, accelerate for the device and mixed
+  precision (bf16 on a GPU that has it, fp16 otherwise, none on CPU).
+* Checkpoints (``out_dir/checkpoints/step-NNNNNNN/``, written under a temporary name and
+  renamed, then ``latest.json`` replaced atomically; safetensors only): the context vectors,
+  the trainable UNet weights (LoRA or all), the optimiser, the RNG states (global ones and the
+  private training generator), and ``state.json`` (step, configuration). A killed run resumes
+  *exactly*: the data order is a function of (seed, step), all training randomness (VAE
+  posterior draws, timesteps, noise, condition dropout) comes from one private generator whose
+  state is saved, and the text embeddings E_n are computed once, in fixed chunks, so they do
+  not depend on which batch a prompt came in.
+* ``out_dir/loss.jsonl``: one line per step (step, loss, dropped conditions, seconds);
+  ``out_dir/train.json``: the summary :func:`train_generator` returns; ``out_dir/
+  context.safetensors``: the trained C.
+
+Multi-GPU data parallelism is not done here (one device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trcgl.data.cache import cached_relpath, resize_square
+from trcgl.data.images import read_image
+from trcgl.data.manifest import Manifest
+from trcgl.diffusion.components import Components, add_lora, encode_latents, has_lora
+from trcgl.diffusion.conditioning import PromptConditioner
+from trcgl.errors import ConfigError, DataError, TrcglError
+from trcgl.files import atomic_write_text
+from trcgl.training.checkpoint import load_optimizer, optimizer_tensors, restore_rng, rng_state
+
+__all__ = [
+    "GeneratorTrainConfig",
+    "PromptImageDataset",
+    "apply_trained",
+    "diffusion_loss",
+    "evaluate_loss",
+    "latest_generator_checkpoint",
+    "save_generator_checkpoint",
+    "train_generator",
+]
+
+log = logging.getLogger(__name__)
+
+UNET_MODES = ("frozen", "lora", "full")
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+LOSS_LOG = "loss.jsonl"
+SUMMARY = "train.json"
+CONTEXT_FILE = "context.safetensors"
+#: Fields that may change when a run is resumed (they do not change what a step computes).
+_RESUMABLE_CHANGES = (
+    "steps",
+    "checkpoint_every",
+    "num_workers",
+    "eval_size",
+    "max_text_table",
+    "cpu",
+)
+
+
+@dataclass
+class GeneratorTrainConfig:
+    """Settings of Eq. 3's training.
+
+    Attributes:
+        steps: optimiser steps in all (a resumed run continues to this many).
+        batch_size: images per step.
+        lr_context: AdamW learning rate of the context vectors C (no weight decay).
+        lr_unet: AdamW learning rate of the UNet's trainable weights (LoRA or all).
+        unet_mode: ``"frozen"``, ``"lora"`` or ``"full"``.
+        lora_rank: LoRA rank r (``unet_mode="lora"``).
+        lora_alpha: LoRA alpha (scale alpha / r); ``None``: = rank.
+        cond_dropout: probability of replacing a sample's condition by the unconditional one.
+        image_size: expected image side (``None``: whatever the dataset gives, which must fit
+            the VAE and UNet downsampling).
+        seed: seed of the data order, the training randomness and the LoRA initialisation.
+        checkpoint_every: steps between checkpoints (the last step is always saved).
+        num_context: m; must equal the conditioner's (``None``: not checked).
+        weight_decay: AdamW weight decay of the UNet's trainable weights.
+        grad_clip: gradient-norm clip over all trainable parameters (0: off).
+        mixed_precision: ``"auto"`` (bf16 on a GPU with bf16, else fp16 on GPU, none on CPU),
+            ``"no"``, ``"fp16"``, ``"bf16"``.
+        num_workers: DataLoader worker processes.
+        eval_size: images of the fixed evaluation batch (the first of the dataset) whose loss
+            is reported before and after training (4 fixed timesteps each, fixed noise).
+        cpu: train on the CPU even where a GPU is available (tests; bit-exact resume).
+        max_text_table: up to this many distinct prompts, their text embeddings E_n are
+            computed once up front; beyond, per batch (then exact resume is not guaranteed
+            bit for bit on every hardware).
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr_context: float = 1e-3
+    lr_unet: float = 1e-4
+    unet_mode: Literal["frozen", "lora", "full"] = "lora"
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    cond_dropout: float = 0.1
+    image_size: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    num_context: int | None = 8
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    num_workers: int = 0
+    eval_size: int = 16
+    max_text_table: int = 4096
+    cpu: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`~trcgl.errors.ConfigError` for an impossible value."""
+        if self.unet_mode not in UNET_MODES:
+            raise ConfigError(f"unet_mode must be one of {UNET_MODES}, got {self.unet_mode!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ConfigError("steps must be ≥ 0, batch_size and checkpoint_every ≥ 1")
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ConfigError(f"cond_dropout must be in [0, 1], got {self.cond_dropout}")
+        if self.lr_context < 0 or self.lr_unet < 0:
+            raise ConfigError("learning rates must be ≥ 0")
+        if self.unet_mode == "lora" and self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be ≥ 1, got {self.lora_rank}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ConfigError(f"unknown mixed_precision {self.mixed_precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- data -----------------------------------------------------------------------------------------
+class PromptImageDataset(Dataset[tuple[Tensor, str]]):
+    """Real images and their prompts p_n, for Eq. 3.
+
+    Args:
+        manifest: the rows to train on (a :class:`~trcgl.data.manifest.Manifest`).
+        image_root: folder that the manifest's relative ``image`` entries are relative to — or,
+            with ``cached=True``, an image cache (:func:`~trcgl.data.cache.build_image_cache`),
+            whose files are found with :func:`~trcgl.data.cache.cached_relpath`.
+        size: image side S (Lanczos resize of the 8-bit grayscale image).
+        prompts: one prompt per row (e.g. :func:`~trcgl.diffusion.prompts.prompts_for_manifest`);
+            ``None``: the manifest's ``prompt`` column.
+        channels: 1 (grayscale; the VAE input is replicated later) or 3 (replicated here).
+        in_memory: keep the resized images in memory after the first read.
+
+    Items are ``(image, prompt)``: a float32 tensor ``[channels, S, S]`` in [-1, 1] and a string.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        image_root: str | Path | None,
+        size: int,
+        prompts: Sequence[str] | None = None,
+        *,
+        channels: int = 1,
+        cached: bool = False,
+        in_memory: bool = False,
+    ) -> None:
+        frame = manifest.frame
+        if prompts is None:
+            if "prompt" not in frame:
+                raise ConfigError(
+                    "no prompts given and the manifest has no 'prompt' column: build them with "
+                    "trcgl.diffusion.prompts.prompts_for_manifest(manifest, dataset)"
+                )
+            prompts = frame["prompt"].astype(str).tolist()
+        prompts = [str(p) for p in prompts]
+        if len(prompts) != len(frame):
+            raise ConfigError(f"{len(prompts)} prompts for {len(frame)} manifest rows")
+        if int(size) != size or size < 8:
+            raise ConfigError(f"image size must be an integer ≥ 8, got {size!r}")
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
+        if len(frame) == 0:
+            raise DataError("the manifest has no rows to train the generator on")
+        root = None if image_root is None else Path(image_root)
+        self.paths: list[Path] = []
+        for image in frame["image"].astype(str):
+            rel = cached_relpath(image) if cached else image
+            path = Path(rel)
+            self.paths.append(path if path.is_absolute() or root is None else root / path)
+        self.prompts: list[str] = prompts
+        self.size = int(size)
+        self.channels = int(channels)
+        self.in_memory = in_memory
+        self._memory: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def gray(self, index: int) -> np.ndarray:
+        """The resized ``uint8`` image of item ``index``."""
+        hit = self._memory.get(index)
+        if hit is not None:
+            return hit
+        array = np.asarray(resize_square(read_image(self.paths[index]), self.size))
+        if self.in_memory:
+            self._memory[index] = array
+        return array
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str]:
+        x = torch.from_numpy(self.gray(index).astype(np.float32)).div_(127.5).sub_(1.0)
+        x = x.unsqueeze(0)
+        if self.channels == 3:
+            x = x.expand(3, -1, -1).contiguous()
+        return x, self.prompts[index]
+
+
+class _StepBatches(Sampler[list[int]]):
+    """Index batches for steps ``start … stop−1``: epoch e is a permutation seeded by
+    (seed, e), so the batch of a step does not depend on where a run was resumed."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop = start, stop
+        self.per_epoch = max(1, n // batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch_seen, perm = -1, None
+        for step in range(self.start, self.stop):
+            epoch, j = divmod(step, self.per_epoch)
+            if epoch != epoch_seen:
+                g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919) % 2**63)
+                perm = torch.randperm(self.n, generator=g)
+                epoch_seen = epoch
+            assert perm is not None
+            yield perm[j * self.batch_size : (j + 1) * self.batch_size].tolist()
+
+
+# -- Eq. 3 ----------------------------------------------------------------------------------------
+def diffusion_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    latents: Tensor,
+    condition: Tensor,
+    timesteps: Tensor,
+    noise: Tensor,
+) -> Tensor:
+    """Eq. 3 for one batch: ‖ε − ε_θ(x_t, t, E_cond)‖² (mean), x_t = ``scheduler.add_noise``.
+
+    For a scheduler with ``prediction_type="v_prediction"`` (SD 2.x-style models) the target is
+    the velocity instead of ε, and for ``"sample"`` it is x_0.
+    """
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    elif kind == "sample":
+        target = latents
+    else:
+        raise ConfigError(f"unsupported prediction_type {kind!r}")
+    prediction = unet(noisy, timesteps, encoder_hidden_states=condition).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+class _TextTable:
+    """E_n (Eq. 1) of the prompts, computed once in fixed chunks (or per batch when there are
+    too many distinct prompts), straight from the frozen encoder (no LRU cache), so equal
+    prompts always give bit-identical embeddings."""
+
+    CHUNK = 64
+
+    def __init__(self, conditioner: PromptConditioner, prompts: Sequence[str] | None, limit: int):
+        self.conditioner = conditioner
+        self.table: dict[str, Tensor] | None = None
+        unique = sorted(set(prompts or ()) | {""})
+        if prompts is not None and len(unique) <= limit:
+            self.table = {}
+            for start in range(0, len(unique), self.CHUNK):
+                chunk = unique[start : start + self.CHUNK]
+                for prompt, row in zip(chunk, self._encode(chunk), strict=True):
+                    self.table[prompt] = row
+
+    @torch.no_grad()
+    def _encode(self, prompts: Sequence[str]) -> Tensor:
+        cond = self.conditioner
+        ids = cond.tokenize(list(prompts)).to(cond.context.device)
+        hidden = cond.text_encoder(input_ids=ids).last_hidden_state
+        return hidden.to(cond.context.dtype)
+
+    def __call__(self, prompts: Sequence[str]) -> Tensor:
+        if self.table is None:
+            return self._encode(prompts)
+        missing = [p for p in prompts if p not in self.table]
+        if missing:
+            for prompt, row in zip(missing, self._encode(missing), strict=True):
+                self.table[prompt] = row
+        return torch.stack([self.table[p] for p in prompts])
+
+
+def _condition(conditioner: PromptConditioner, text: Tensor) -> Tensor:
+    """Eq. 2: concat_seq(C, E_n) for a batch of E_n (= ``conditioner.encode``)."""
+    context = conditioner.context.unsqueeze(0).expand(text.shape[0], -1, -1)
+    return torch.cat([context, text.to(conditioner.context.dtype)], dim=1)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    components: Components,
+    conditioner: PromptConditioner,
+    dataset: Dataset[tuple[Tensor, str]],
+    size: int = 16,
+    timesteps_per_image: int = 4,
+    seed: int = 12345,
+    autocast: Any = None,
+) -> float:
+    """Eq. 3's loss on a fixed batch: the first ``size`` images of ``dataset``, each at
+    ``timesteps_per_image`` stratified timesteps, fixed noise (seeded), VAE posterior means,
+    full conditions (no dropout). Comparable before and after training."""
+    n = min(int(size), len(dataset))  # type: ignore[arg-type]
+    if n == 0:
+        return float("nan")
+    items = [dataset[i] for i in range(n)]
+    images = torch.stack([x for x, _ in items])
+    prompts = [p for _, p in items]
+    device = components.device
+    generator = torch.Generator().manual_seed(int(seed))
+    k = max(1, int(timesteps_per_image))
+    total_t = int(components.scheduler.config.num_train_timesteps)
+    slots = (torch.arange(n * k, dtype=torch.float64) + 0.5) / (n * k) * total_t
+    timesteps = slots.long().clamp_(0, total_t - 1).view(k, n).to(device)  # row j: repeat j
+    was_training = components.unet.training
+    components.unet.eval()
+    losses = []
+    ctx = autocast if autocast is not None else contextlib.nullcontext
+    try:
+        with ctx():
+            latents = encode_latents(components.vae, images, sample=False).float()
+            condition = conditioner.encode(prompts)
+        for j in range(k):
+            t = timesteps[j]
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            with ctx():
+                loss = diffusion_loss(
+                    components.unet, components.scheduler, latents, condition, t, noise
+                )
+            losses.append(float(loss))
+    finally:
+        components.unet.train(was_training)
+    return float(np.mean(losses))
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _trainable_unet_state(unet: UNet2DConditionModel) -> dict[str, Tensor]:
+    return {
+        name: p.detach().contiguous().cpu()
+        for name, p in unet.named_parameters()
+        if p.requires_grad
+    }
+
+
+def save_generator_checkpoint(
+    directory: Path,
+    step: int,
+    conditioner: PromptConditioner,
+    unet: UNet2DConditionModel,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    state: dict[str, Any],
+) -> Path:
+    """Write ``directory/step-NNNNNNN`` completely (under a temporary name, then renamed), point
+    ``latest.json`` at it and remove older ones. Safetensors only: ``context``, ``unet``
+    (trainable UNet weights; absent when the UNet is frozen), ``optimizer``, ``rng`` (global
+    RNG states plus the training generator's); ``state.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = directory / name
+    tmp = directory / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    conditioner.save_context(tmp / "context.safetensors")
+    unet_state = _trainable_unet_state(unet)
+    if unet_state:
+        save_file(unet_state, str(tmp / "unet.safetensors"))
+    tensors, meta = optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"optimizer": meta})
+    tensors, meta = rng_state()
+    tensors["train_generator"] = generator.get_state()
+    save_file(tensors, str(tmp / "rng.safetensors"), metadata={"rng": meta})
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(directory / LATEST, json.dumps({"checkpoint": name}) + "\n")
+    for old in directory.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_generator_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint ``out_dir/checkpoints/latest.json`` points at, or ``None``."""
+    directory = Path(out_dir) / CHECKPOINTS
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        return None
+    path = directory / json.loads(pointer.read_text())["checkpoint"]
+    if not (path / "state.json").is_file():
+        raise DataError("generator checkpoint named by latest.json is incomplete", path=path)
+    return path
+
+
+def _load_unet_weights(unet: UNet2DConditionModel, path: Path) -> None:
+    if not path.is_file():
+        return
+    state = load_file(str(path))
+    result = unet.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ConfigError(
+            f"{path}: UNet weights do not fit this UNet (e.g. {result.unexpected_keys[:3]}): "
+            "was it trained from another base model or unet_mode?"
+        )
+
+
+def _prepare_unet(unet: UNet2DConditionModel, config: GeneratorTrainConfig) -> None:
+    """Switch on what ``unet_mode`` trains (adding the LoRA adapter, seeded, if missing)."""
+    if config.unet_mode == "lora":
+        if not has_lora(unet):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                add_lora(unet, config.lora_rank, config.lora_alpha)
+        unet.requires_grad_(False)
+        for name, p in unet.named_parameters():
+            if ".lora_" in name:
+                p.requires_grad_(True)
+    else:
+        if has_lora(unet):
+            raise ConfigError(
+                f"unet_mode={config.unet_mode!r} but the UNet carries a LoRA adapter: load "
+                "fresh components"
+            )
+        unet.requires_grad_(config.unet_mode == "full")
+
+
+def apply_trained(
+    components: Components, conditioner: PromptConditioner, out_dir: str | Path
+) -> dict[str, Any]:
+    """Put the trained weights of a :func:`train_generator` run (its latest checkpoint) into
+    freshly loaded ``components`` (adding the LoRA adapter if it was a LoRA run) and
+    ``conditioner``; returns the checkpoint's ``state.json``. For a self-contained folder, then
+    call :func:`~trcgl.diffusion.components.save_components` and ``save_context``."""
+    path = latest_generator_checkpoint(out_dir)
+    if path is None:
+        raise DataError("no generator checkpoint here", path=Path(out_dir) / CHECKPOINTS)
+    state = json.loads((path / "state.json").read_text())
+    config = GeneratorTrainConfig(**state["config"])
+    _prepare_unet(components.unet, config)
+    _load_unet_weights(components.unet, path / "unet.safetensors")
+    components.unet.requires_grad_(False)
+    components.unet.eval()
+    conditioner.load_context(path / "context.safetensors")
+    return state
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _check_size(images: Tensor, components: Components, config: GeneratorTrainConfig) -> None:
+    size = int(images.shape[-1])
+    if config.image_size is not None and size != config.image_size:
+        raise ConfigError(
+            f"the dataset gives {size} px images, the config says {config.image_size}"
+        )
+    levels = len(components.unet.config.block_out_channels) - 1
+    multiple = components.vae_scale_factor * 2**levels
+    if images.shape[-1] != images.shape[-2] or size % multiple:
+        raise ConfigError(
+            f"images must be square with a side that is a multiple of {multiple} (VAE ×"
+            f"{components.vae_scale_factor}, {levels} UNet downsamplings); got "
+            f"{tuple(images.shape[-2:])}"
+        )
+
+
+def _read_log(path: Path, upto: int | None = None) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if upto is None or r["step"] <= upto]
+
+
+def train_generator(
+    components: Components,
+    conditioner: PromptConditioner,
+    dataset: Dataset[tuple[Tensor, str]],
+    config: GeneratorTrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train C (and the UNet by ``config.unet_mode``) with Eq. 3 on ``dataset``.
+
+    Args:
+        components: from :func:`~trcgl.diffusion.components.load_components` (trained in
+            place; moved to the accelerator's device).
+        conditioner: a :class:`~trcgl.diffusion.conditioning.PromptConditioner` over
+            ``components.text_encoder`` / ``tokenizer`` (its C trains in place).
+        dataset: ``(image [1 or 3, S, S] in [-1, 1], prompt)`` items, e.g.
+            :class:`PromptImageDataset`.
+        config: the :class:`GeneratorTrainConfig`.
+        out_dir: checkpoints, ``loss.jsonl``, ``train.json`` and ``context.safetensors`` go
+            here; with ``resume`` (default) a run with a checkpoint here continues from it.
+        progress: show a ``rich`` progress bar.
+
+    Returns:
+        The summary also written to ``train.json``: ``loss_before`` / ``loss_after`` (Eq. 3 on a
+        fixed evaluation batch, :func:`evaluate_loss`), ``train_loss_first`` /
+        ``train_loss_last`` (mean training loss of the first / last 10 steps), ``steps``,
+        ``resumed_from``, ``seconds_per_step`` (median), ``trainable_unet_parameters``, ...
+    """
+    from accelerate import Accelerator
+
+    config.validate()
+    out = Path(out_dir)
+    if config.num_context is not None and config.num_context != conditioner.num_context:
+        raise ConfigError(
+            f"config.num_context = {config.num_context} but the conditioner has "
+            f"m = {conditioner.num_context} context vectors"
+        )
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError("the generator's training set is empty")
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.mixed_precision),
+        cpu=config.cpu or not torch.cuda.is_available(),
+    )
+    device = accelerator.device
+    unet, vae = components.unet, components.vae
+    components.to(device)
+    conditioner.to(device)
+    vae.requires_grad_(False).eval()
+    conditioner.text_encoder.requires_grad_(False).eval()
+    conditioner.context.requires_grad_(True)
+    _prepare_unet(unet, config)
+    unet_params = [p for p in unet.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [
+        {"params": [conditioner.context], "lr": config.lr_context, "weight_decay": 0.0}
+    ]
+    if unet_params:
+        groups.append(
+            {"params": unet_params, "lr": config.lr_unet, "weight_decay": config.weight_decay}
+        )
+    optimizer = torch.optim.AdamW(groups)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    start, state_extra, resumed_from = 0, {}, None
+    checkpoint = latest_generator_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "state.json").read_text())
+        _check_resumable(saved["config"], config, checkpoint)
+        conditioner.load_context(checkpoint / "context.safetensors")
+        _load_unet_weights(unet, checkpoint / "unet.safetensors")
+        load_optimizer(optimizer, checkpoint / "optimizer.safetensors")
+        restore_rng(checkpoint / "rng.safetensors")
+        generator.set_state(load_file(str(checkpoint / "rng.safetensors"))["train_generator"])
+        start = resumed_from = int(saved["step"])
+        state_extra = {"loss_before": saved.get("loss_before")}
+        log.info("resuming the generator training at step %d from %s", start, checkpoint)
+    elif not resume:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / LOSS_LOG
+    kept = _read_log(log_path, start) if checkpoint is not None else []
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    prompts = getattr(dataset, "prompts", None)
+    text = _TextTable(conditioner, prompts, config.max_text_table)
+    if checkpoint is None:
+        state_extra = {
+            "loss_before": evaluate_loss(
+                components, conditioner, dataset, config.eval_size, autocast=accelerator.autocast
+            )
+        }
+    optimizer = accelerator.prepare(optimizer)
+    raw_optimizer = getattr(optimizer, "optimizer", optimizer)
+    trainable = [conditioner.context, *unet_params]
+
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_StepBatches(n, config.batch_size, config.seed, start, config.steps),
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    total_t = int(components.scheduler.config.num_train_timesteps)
+    base = {"config": config.to_dict(), **state_extra}
+    times: list[float] = []
+    step = start
+    unet.train()
+    conditioner.train()
+    bar = _progress(progress, config.steps, start)
+    try:
+        for images, batch_prompts in loader:
+            t0 = time.perf_counter()
+            if step == start:
+                _check_size(images, components, config)
+            b = images.shape[0]
+            images = images.to(device=device, dtype=torch.float32)
+            with torch.no_grad(), accelerator.autocast():
+                latents = encode_latents(vae, images, generator=generator).float()
+            timesteps = torch.randint(0, total_t, (b,), generator=generator).to(device)
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            drop = (torch.rand(b, generator=generator) < config.cond_dropout).to(device)
+            embeddings = text(list(batch_prompts))
+            if bool(drop.any()):
+                empty = text([""]).expand(b, -1, -1)
+                embeddings = torch.where(drop[:, None, None], empty, embeddings)
+            condition = _condition(conditioner, embeddings)
+            with accelerator.autocast():
+                loss = diffusion_loss(
+                    unet, components.scheduler, latents, condition, timesteps, noise
+                )
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrcglError(
+                    f"the diffusion loss is {value} at step {step + 1}: lower the learning "
+                    "rates or use mixed_precision='no'"
+                )
+            accelerator.backward(loss)
+            if config.grad_clip:
+                accelerator.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - t0
+            times.append(seconds)
+            row = {"step": step, "loss": value, "dropped": int(drop.sum()), "seconds": seconds}
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_generator_checkpoint(
+                    out / CHECKPOINTS, step, conditioner, unet, raw_optimizer, generator, base
+                )
+            bar(step, value)
+    finally:
+        bar(None, None)
+        unet.eval()
+        unet.requires_grad_(False)
+        conditioner.eval()
+
+    rows = _read_log(log_path)
+    losses = [r["loss"] for r in rows]
+    summary = {
+        "steps": step,
+        "resumed_from": resumed_from,
+        "unet_mode": config.unet_mode,
+        "loss_before": state_extra.get("loss_before"),
+        "loss_after": evaluate_loss(
+            components, conditioner, dataset, config.eval_size, autocast=accelerator.autocast
+        ),
+        "train_loss_first": float(np.mean(losses[:10])) if losses else None,
+        "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
+        "seconds_per_step": statistics.median(times) if times else None,
+        "trainable_unet_parameters": sum(p.numel() for p in unet_params),
+        "context_shape": list(conditioner.context.shape),
+        "images": n,
+        "device": str(device),
+        "mixed_precision": accelerator.mixed_precision,
+        "config": config.to_dict(),
+    }
+    conditioner.save_context(out / CONTEXT_FILE)
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _check_resumable(saved: dict[str, Any], config: GeneratorTrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    differ = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
+        raise ConfigError(
+            f"{path}: cannot resume with a different configuration ({details}); use another "
+            "output folder or resume=False to start over"
+        )
+
+
+def _progress(enabled: bool, total: int, start: int) -> Any:
+    """``update(step, loss)`` for a rich progress bar (``update(None, None)`` closes it)."""
+    if not enabled or total <= start:
+        return lambda step, loss: None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("generator (Eq. 3)"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    task = bar.add_task("train", total=total, completed=start, loss="—")
+    bar.start()
+
+    def update(step: int | None, loss: float | None) -> None:
+        if step is None:
+            bar.stop()
+            return
+        bar.update(task, completed=step, loss=f"{loss:.4f}")
+
+    return update
