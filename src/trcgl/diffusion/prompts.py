@@ -44,7 +44,7 @@ import ast
 import functools
 import logging
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -135,17 +135,25 @@ def _default_mapping() -> FindingMapping:
     return load_mapping()
 
 
+def _tagged(entries: Iterable[Any]) -> Iterator[tuple[bool, str]]:
+    """Non-empty string entries as (is_location, text without the ``loc`` prefix)."""
+    for entry in entries:
+        if isinstance(entry, str) and entry.strip():
+            text = entry.strip()
+            if text.startswith(_LOC_PREFIX):
+                yield True, text[len(_LOC_PREFIX) :].strip()
+            else:
+                yield False, text
+
+
 def _split_runs(entries: Iterable[Any]) -> list[Group]:
     """Flat entries → groups: each run of findings followed by its run of locations."""
     groups: list[Group] = []
     findings: list[str] = []
     locs: list[str] = []
-    for entry in entries:
-        if not isinstance(entry, str) or not entry.strip():
-            continue
-        text = entry.strip()
-        if text.startswith(_LOC_PREFIX):
-            locs.append(text[len(_LOC_PREFIX) :].strip())
+    for is_loc, text in _tagged(entries):
+        if is_loc:
+            locs.append(text)
         else:
             if locs:
                 groups.append((tuple(findings), tuple(locs)))
@@ -158,17 +166,11 @@ def _split_runs(entries: Iterable[Any]) -> list[Group]:
 
 def _sentence(entries: Iterable[Any]) -> Group:
     """One sentence (a nested list) → one group of all its findings and locations."""
-    findings: list[str] = []
-    locs: list[str] = []
-    for entry in entries:
-        if not isinstance(entry, str) or not entry.strip():
-            continue
-        text = entry.strip()
-        if text.startswith(_LOC_PREFIX):
-            locs.append(text[len(_LOC_PREFIX) :].strip())
-        else:
-            findings.append(text)
-    return tuple(findings), tuple(locs)
+    tagged = list(_tagged(entries))
+    return (
+        tuple(t for is_loc, t in tagged if not is_loc),
+        tuple(t for is_loc, t in tagged if is_loc),
+    )
 
 
 @functools.lru_cache(maxsize=65536)

@@ -61,6 +61,7 @@ from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError, DataError, TrcglError
 from trcgl.files import atomic_write_text
 from trcgl.training.checkpoint import load_optimizer, optimizer_tensors, restore_rng, rng_state
+from trcgl.training.precision import resolve_mixed_precision
 
 __all__ = [
     "GeneratorTrainConfig",
@@ -492,12 +493,6 @@ def apply_trained(
 
 
 # -- the loop -------------------------------------------------------------------------------------
-def _mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _check_size(images: Tensor, components: Components, config: GeneratorTrainConfig) -> None:
@@ -566,7 +561,7 @@ def train_generator(
     if n == 0:
         raise DataError("the generator's training set is empty")
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.mixed_precision),
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
         cpu=config.cpu or not torch.cuda.is_available(),
     )
     device = accelerator.device

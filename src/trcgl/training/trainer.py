@@ -44,6 +44,7 @@ from trcgl.files import atomic_write_text
 from trcgl.models.build import build_model
 from trcgl.models.losses import build_loss
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trcgl.training.precision import resolve_mixed_precision
 from trcgl.training.run_data import RunData
 from trcgl.training.schedule import cosine_with_warmup
 
@@ -66,14 +67,6 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def stage_of(epoch: int, cfg: Config) -> int:
@@ -110,7 +103,8 @@ class Trainer:
         self.data = RunData.load(self.run_dir)
         t = config.train
         self.accelerator = Accelerator(
-            mixed_precision=mixed_precision(t.mixed_precision), cpu=not torch.cuda.is_available()
+            mixed_precision=resolve_mixed_precision(t.mixed_precision),
+            cpu=not torch.cuda.is_available(),
         )
         set_seed(t.seed)
         self.model = build_model(
@@ -118,7 +112,9 @@ class Trainer:
         )
         mean, std = self.model.normalization
         self.model.preprocessing = {
-            "image_size": self.data.image_size, "mean": list(mean), "std": list(std)
+            "image_size": self.data.image_size,
+            "mean": list(mean),
+            "std": list(std),
         }
         self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
         self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
