@@ -365,8 +365,10 @@ class Trainer:
         return steps_per_epoch * self.cfg.train.warmup_epochs
 
     def _progress(self, loader: DataLoader, epoch: int, total: int):
-        if not (self.progress and self.accelerator.is_main_process):
-            yield from loader
+        from rich.console import Console
+
+        if not (self.progress and self.accelerator.is_main_process and Console().is_terminal):
+            yield from loader  # no bar in logs and pipes (it would leave blank lines there)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
