@@ -37,14 +37,6 @@ SIZE = 32
 M = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def manifest(nih_sample: Path) -> Manifest:
     full = read_nih(nih_sample / "Data_Entry_sample.csv").manifest
