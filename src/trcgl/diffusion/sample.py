@@ -36,6 +36,7 @@ from trcgl.diffusion.components import Components, decode_latents
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError
 from trcgl.files import atomic_path
+from trcgl.progress import progress_bar
 
 __all__ = [
     "build_scheduler",
@@ -116,19 +117,9 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 
 def _progress(enabled: bool, total: int) -> tuple[Callable[[], None], Callable[[], None]]:
-    if not enabled or total == 0:
+    bar = progress_bar("sampling (Eq. 4–6)") if enabled and total else None
+    if bar is None:
         return (lambda: None), (lambda: None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("sampling (Eq. 4–6)"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    )
     task = bar.add_task("sample", total=total)
     bar.start()
     return (lambda: bar.advance(task)), bar.stop

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from rich.progress import TextColumn
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -60,6 +61,7 @@ from trcgl.diffusion.components import Components, add_lora, encode_latents, has
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError, DataError, TrcglError
 from trcgl.files import atomic_write_text
+from trcgl.progress import progress_bar
 from trcgl.training.checkpoint import load_optimizer, optimizer_tensors, restore_rng, rng_state
 from trcgl.training.precision import resolve_mixed_precision
 
@@ -719,23 +721,9 @@ def _check_resumable(saved: dict[str, Any], config: GeneratorTrainConfig, path: 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:
     """``update(step, loss)`` for a rich progress bar (``update(None, None)`` closes it)."""
-    if not enabled or total <= start:
+    bar = progress_bar("generator (Eq. 3)", TextColumn("loss {task.fields[loss]}"))
+    if not enabled or total <= start or bar is None:
         return lambda step, loss: None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("generator (Eq. 3)"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
     task = bar.add_task("train", total=total, completed=start, loss="—")
     bar.start()
 

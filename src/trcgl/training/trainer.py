@@ -43,6 +43,7 @@ from trcgl.evaluation.metrics import MetricsReport, evaluate
 from trcgl.files import atomic_write_text
 from trcgl.models.build import build_model
 from trcgl.models.losses import build_loss
+from trcgl.progress import progress_bar
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trcgl.training.precision import resolve_mixed_precision
 from trcgl.training.run_data import RunData
@@ -365,16 +366,12 @@ class Trainer:
         return steps_per_epoch * self.cfg.train.warmup_epochs
 
     def _progress(self, loader: DataLoader, epoch: int, total: int):
-        from rich.console import Console
-
-        if not (self.progress and self.accelerator.is_main_process and Console().is_terminal):
+        bar = progress_bar(f"epoch {epoch}", transient=True)
+        if not (self.progress and self.accelerator.is_main_process) or bar is None:
             yield from loader  # no bar in logs and pipes (it would leave blank lines there)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task(f"epoch {epoch}", total=total)
+        with bar:
+            task = bar.add_task("train", total=total)
             for batch in loader:
                 yield batch
                 bar.advance(task)
