@@ -167,6 +167,62 @@ class TrainConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Prompt-latent diffusion for the tail classes (METHOD.md §1, Eq. 1–6).
+
+    ``trcgl diffusion train`` fits the generator (Eq. 3), ``sample`` makes images for the tail
+    planner's rows (Eq. 4–6), ``filter`` keeps the good ones; the classifier then trains on them
+    with loss weight ``train.w_syn``.
+    """
+
+    #: Make synthetic images and train on them; false: real images only (the ablation's row).
+    enabled: bool = True
+    #: A Stable-Diffusion-style model in diffusers format: a local folder or a hub id (e.g. a
+    #: chest X-ray fine-tune such as RoentGen). ``null``: a small randomly initialised generator
+    #: built in code, its VAE trained here first (CPU, demo).
+    source: str | None = None
+    #: Side of the generated images (the paper: 512; the tiny generator: 64 or 128).
+    image_size: int = 512
+    #: Which real training images the generator learns from: those with a tail class, or all.
+    train_images: Literal["tail", "all"] = "tail"
+    #: m, the learnable context vectors of Eq. 2.
+    num_context: int = 8
+    unet_mode: Literal["frozen", "lora", "full"] = "lora"
+    lora_rank: int = 8
+    steps: int = 2000
+    batch_size: int = 8
+    lr_context: float = 1e-3
+    lr_unet: float = 1e-4
+    #: Probability of training with the empty prompt, for classifier-free guidance.
+    cond_dropout: float = 0.1
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    checkpoint_every: int = 200
+    #: Tiny generator only: AdamW steps and learning rate of its VAE's training.
+    vae_steps: int = 1500
+    vae_lr: float = 1e-3
+    #: Training images each tail class is topped up to; ``null``: the tail threshold.
+    target: int | None = None
+    #: At most this many synthetic images per tail class (``null``: no cap).
+    max_per_class: int | None = None
+    #: ω of Eq. 4, denoising steps and scheduler (a diffusers class name) of Eq. 5.
+    guidance_scale: float = 3.0
+    sample_steps: int = 50
+    scheduler: str = "DDIMScheduler"
+    sample_batch_size: int = 8
+    #: The filter's classifier: a model folder trained on real data; ``null``: one is trained
+    #: here on the real images with this configuration's model and train sections.
+    filter_model: str | None = None
+    #: Stage-2 epochs of that classifier (``null``: ``train.epochs``).
+    filter_epochs: int | None = None
+    #: Keep an image if p(target class) ≥ this; ``null``: the class's threshold tuned on the
+    #: validation split (F1-optimal), which follows the classifier's own calibration.
+    prob_threshold: float | None = None
+    #: Reject an image as a near-copy if its nearest training image has cosine similarity ≥ this.
+    max_similarity: float = 0.95
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """An experiment: one section per stage."""
 
@@ -178,6 +234,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,12 +285,43 @@ class Config:
             raise ConfigError("model.reduction, model.embed_dim and model.hidden_dim must be >= 1")
         if m.csra_heads not in (1, 2, 4, 6, 8):
             raise ConfigError(f"model.csra_heads must be one of 1, 2, 4, 6, 8, got {m.csra_heads}")
+        self._validate_diffusion()
         if self.data.format == "plain" and not (self.data.classes or self.data.vocabulary):
             raise ConfigError("data.format 'plain' needs data.classes or data.vocabulary")
         if self.data.format == "plain" and self.data.labels_csv is None:
             raise ConfigError("data.labels_csv is required for data.format 'plain'")
         if self.data.format == "cxrlt" and self.data.labels_csv is None:
             raise ConfigError("data.labels_csv is required for data.format 'cxrlt'")
+
+    def _validate_diffusion(self) -> None:
+        d = self.diffusion
+        for key in ("num_context", "steps", "vae_steps", "max_per_class", "filter_epochs"):
+            value = getattr(d, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"diffusion.{key} must be >= 0, got {value}")
+        for key in ("batch_size", "sample_steps", "sample_batch_size", "checkpoint_every"):
+            if getattr(d, key) < 1:
+                raise ConfigError(f"diffusion.{key} must be >= 1, got {getattr(d, key)}")
+        if d.image_size < 16 or d.image_size % 8:
+            raise ConfigError(
+                f"diffusion.image_size must be a multiple of 8 and >= 16, got {d.image_size}"
+            )
+        if d.unet_mode == "lora" and d.lora_rank < 1:
+            raise ConfigError(f"diffusion.lora_rank must be >= 1, got {d.lora_rank}")
+        if not 0 <= d.cond_dropout <= 1:
+            raise ConfigError(f"diffusion.cond_dropout must lie in [0, 1], got {d.cond_dropout}")
+        if d.lr_context < 0 or d.lr_unet < 0 or d.vae_lr <= 0:
+            raise ConfigError("diffusion.lr_context and lr_unet must be >= 0, vae_lr > 0")
+        if d.target is not None and d.target < 0:
+            raise ConfigError(f"diffusion.target must be >= 0 or null, got {d.target}")
+        if d.prob_threshold is not None and not 0 <= d.prob_threshold <= 1:
+            raise ConfigError(
+                f"diffusion.prob_threshold must lie in [0, 1] or be null, got {d.prob_threshold}"
+            )
+        if not 0 < d.max_similarity <= 1:
+            raise ConfigError(
+                f"diffusion.max_similarity must lie in (0, 1], got {d.max_similarity}"
+            )
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:

@@ -161,8 +161,15 @@ def label_statistics(manifest: Manifest) -> pd.DataFrame:
     return out
 
 
+#: The sections whose values decide what ``prepare`` writes.
+PREPARE_SECTIONS = ("data", "split", "groups", "graph", "images")
+
+
 def _config_digest(config: Config) -> str:
-    return hashlib.sha256(config.to_yaml().encode()).hexdigest()[:16]
+    """A digest of the sections ``prepare`` depends on (model or training changes keep it)."""
+    tree = config.to_dict()
+    text = json.dumps({k: tree[k] for k in PREPARE_SECTIONS}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def compute(config: Config, result: ReadResult) -> Prepared:

@@ -89,8 +89,9 @@ def test_predict_from_a_csv_with_wrong_sizes_and_rgb(trained_run, tmp_path):
     Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8)).save(tmp_path / "b.png")
     pd.DataFrame({"ImageID": ["a.jpg", "b.png"]}).to_csv(tmp_path / "list.csv", index=False)
     out = tmp_path / "p.csv"
-    result = _invoke("predict", "--model", str(run / "model"), str(tmp_path / "list.csv"),
-                     "--out", str(out))
+    result = _invoke(
+        "predict", "--model", str(run / "model"), str(tmp_path / "list.csv"), "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(out)["ImageID"]) == ["a.jpg", "b.png"]
 
@@ -98,8 +99,18 @@ def test_predict_from_a_csv_with_wrong_sizes_and_rgb(trained_run, tmp_path):
 def test_explain_writes_fig4_and_fig5(evaluated, nih_sample, tmp_path):
     run, _ = evaluated
     image = nih_sample / "images" / "00000001_001.png"
-    result = _invoke("explain", "--model", str(run / "model"), str(image), "--out", str(tmp_path),
-                     "--top-k", "2", "--run-dir", str(run))
+    result = _invoke(
+        "explain",
+        "--model",
+        str(run / "model"),
+        str(image),
+        "--out",
+        str(tmp_path),
+        "--top-k",
+        "2",
+        "--run-dir",
+        str(run),
+    )
     assert result.exit_code == 0, result.output
     for name in ("00000001_001_regions.png", "00000001_001_confidence.png"):
         assert (tmp_path / name).stat().st_size > 5000

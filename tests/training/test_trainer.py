@@ -151,9 +151,23 @@ def test_two_process_data_parallel_training_with_gloo(prepared, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "train", "-c", "nih-demo",
-         "--run-dir", str(run), *overrides],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trcgl.cli",
+            "train",
+            "-c",
+            "nih-demo",
+            "--run-dir",
+            str(run),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

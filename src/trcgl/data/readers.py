@@ -139,9 +139,7 @@ def _multi_hot(
     return out
 
 
-def _pipe_lists(
-    column: pd.Series, path: Path, name: str, allow_empty: bool
-) -> list[list[str]]:
+def _pipe_lists(column: pd.Series, path: Path, name: str, allow_empty: bool) -> list[list[str]]:
     """Split pipe-separated label lists; an empty element (``a||b``) is an error, and so is
     an empty cell unless ``allow_empty``."""
     lists = []

@@ -3,7 +3,10 @@
 The paper does not say how synthetic images are filtered; this project keeps an image only if
 
 (a) a classifier trained on real data gives its *target* (tail) class a probability
-    ``p ≥ prob_threshold`` (sigmoid of the logit, computed in float64), and
+    ``p ≥ prob_threshold`` (sigmoid of the logit, computed in float64) — one threshold for all
+    classes, or one per class (e.g. the classifier's F1-optimal thresholds tuned on the
+    validation split, which follow its own calibration: a classifier trained on a long tail
+    rarely gives a tail class 0.5), and
 (b) it is not a near-copy of a training image: its nearest-neighbour cosine similarity to the
     real training images, in the classifier's feature space, is ``< max_similarity``.
 
@@ -22,7 +25,7 @@ fails, else ``"kept"``; the ``near_copy`` and ``low_probability`` columns hold b
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +75,13 @@ class FilterReport:
     """The filter's decision per image and its counts.
 
     ``rows`` has one row per synthetic image, in input order: ``index``, ``target_class``,
-    ``probability`` (of the target class), ``similarity`` (to the nearest training image),
-    ``nearest_image_id``, ``low_probability``, ``near_copy``, ``kept`` and ``reason``.
+    ``probability`` (of the target class), ``threshold`` (the one applied), ``similarity`` (to
+    the nearest training image), ``nearest_image_id``, ``low_probability``, ``near_copy``,
+    ``kept`` and ``reason``.
     """
 
     rows: pd.DataFrame
-    prob_threshold: float
+    prob_threshold: float | dict[str, float]
     max_similarity: float
 
     @property
@@ -225,7 +229,7 @@ def filter_synthetic(
     images: Sequence[np.ndarray],
     target_classes: Sequence[str],
     train_images: Sequence[np.ndarray] | np.ndarray | ReferenceFeatures,
-    prob_threshold: float = 0.5,
+    prob_threshold: float | Mapping[str, float] = 0.5,
     max_similarity: float = 0.95,
     batch_size: int = 32,
     *,
@@ -240,7 +244,8 @@ def filter_synthetic(
         target_classes: the tail class each image was made for (one per image).
         train_images: the real training images (a list of uint8 arrays), their features as an
             N×D float array, or :class:`ReferenceFeatures` (from :func:`reference_features`).
-        prob_threshold: keep only if p(target class) ≥ this.
+        prob_threshold: keep only if p(target class) ≥ this; a mapping gives one threshold
+            per class (every target class must be in it).
         max_similarity: reject as a near-copy if the nearest cosine similarity is ≥ this.
         train_ids: ids of the training images (default: their positions), for the report.
         size: input size override (default: the model folder's).
@@ -268,6 +273,17 @@ def filter_synthetic(
         raise DataError("no training images to compare with")
 
     columns = np.asarray([classes.index(c) for c in target_classes], dtype=np.int64)
+    if isinstance(prob_threshold, Mapping):
+        missing = sorted({c for c in target_classes if c not in prob_threshold})
+        if missing:
+            raise ConfigError(f"no probability threshold for target class(es) {missing}")
+        thresholds = np.asarray([prob_threshold[c] for c in target_classes], dtype=np.float64)
+        recorded: float | dict[str, float] = {
+            str(c): float(prob_threshold[c]) for c in dict.fromkeys(target_classes)
+        }
+    else:
+        thresholds = np.full(len(target_classes), float(prob_threshold))
+        recorded = float(prob_threshold)
     if len(images) == 0:
         probs, sims, nearest = np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
     else:
@@ -285,7 +301,7 @@ def filter_synthetic(
             nearest[start : start + 256] = block.argmax(axis=1)
             sims[start : start + 256] = block.max(axis=1)
     nearest_ids = [reference.image_ids[i] for i in nearest]
-    low = probs < prob_threshold
+    low = probs < thresholds
     copy = sims >= max_similarity
     reasons = [
         f"{NEAR_COPY} of {nid}" if c else LOW_PROBABILITY if lo else KEPT
@@ -296,6 +312,7 @@ def filter_synthetic(
             "index": np.arange(len(images), dtype=np.int64),
             "target_class": list(target_classes),
             "probability": probs.astype(np.float64),
+            "threshold": thresholds,
             "similarity": sims.astype(np.float64),
             "nearest_image_id": nearest_ids,
             "low_probability": low.astype(bool),
@@ -304,4 +321,4 @@ def filter_synthetic(
             "reason": reasons,
         }
     )
-    return FilterReport(rows, float(prob_threshold), float(max_similarity))
+    return FilterReport(rows, recorded, float(max_similarity))

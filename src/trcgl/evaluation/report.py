@@ -94,9 +94,14 @@ def evaluate_run(
     split: str = "val",
     batch_size: int = 32,
     num_workers: int = 0,
+    out_dir: str | Path | None = None,
 ) -> Evaluation:
+    """Evaluate ``model_dir`` (default ``<run_dir>/model``) on ``split`` of the prepared run
+    ``run_dir``; write into ``<out_dir>/evaluation/<split>/`` (``out_dir`` default: the model
+    folder's parent)."""
     run_dir = Path(run_dir)
-    model = load_model(model_dir or run_dir / "model")
+    model_dir = Path(model_dir) if model_dir is not None else run_dir / "model"
+    model = load_model(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = RunData.load(run_dir)
     pre = model.preprocessing or {}
@@ -114,12 +119,12 @@ def evaluate_run(
     thresholds = tune_thresholds(val_labels, val_probs)
     report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
     name = method_name(model)
-    out = run_dir / "evaluation" / split
+    out = (Path(out_dir) if out_dir is not None else model_dir.parent) / "evaluation" / split
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "method": name,
         "split": split,
-        "model": str(model_dir or run_dir / "model"),
+        "model": str(model_dir),
         "thresholds_tuned_on": "val",
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),

@@ -1,4 +1,10 @@
-"""What training and evaluation read from a prepared run directory."""
+"""What training and evaluation read from a prepared run directory.
+
+The real images come from ``manifest.parquet`` (read through the image cache); the synthetic
+images the diffusion stage kept (:mod:`trcgl.diffusion.stage`) from ``synthetic/manifest.
+parquet``, whose ``image`` entries are paths relative to the run directory (already resized to
+the cache size). They join the training split only when asked for (``synthetic=True``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from trcgl.data.cache import cached_relpath
 from trcgl.data.dataset import ManifestDataset
@@ -15,6 +22,9 @@ from trcgl.data.manifest import Manifest
 from trcgl.data.transforms import build_transform
 from trcgl.errors import DataError
 from trcgl.labels.graph import LabelGraph
+
+#: The kept synthetic images as manifest rows, relative to the run directory.
+SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
 
 
 @dataclass
@@ -29,7 +39,9 @@ class RunData:
     image_size: int
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> RunData:
+    def load(cls, run_dir: str | Path, synthetic: bool = False) -> RunData:
+        """Read a prepared run; with ``synthetic`` the kept synthetic images join the training
+        split (an error if the diffusion stage has not written them)."""
         run_dir = Path(run_dir)
         info_path = run_dir / "label_stats.json"
         if not info_path.is_file():
@@ -42,6 +54,8 @@ class RunData:
                 "to train or evaluate on images"
             )
         manifest = Manifest.load(run_dir / "manifest.parquet")
+        if synthetic:
+            manifest = with_synthetic(manifest, run_dir)
         graph = LabelGraph.load(run_dir / "label_graph.safetensors")
         groups = {g: list(info["groups"][g]) for g in ("head", "medium", "tail")}
         return cls(run_dir, manifest, graph, groups, Path(cache["root"]), int(cache["size"]))
@@ -61,10 +75,33 @@ class RunData:
         rows = frame[frame["split"] == split].copy()
         if rows.empty:
             raise DataError(f"the manifest of {self.run_dir} has no {split!r} rows")
-        rows["image"] = rows["image"].map(cached_relpath)
+        real = (rows["source"] == "real").to_numpy()
+        rows.loc[real, "image"] = rows.loc[real, "image"].map(cached_relpath)
+        rows.loc[~real, "image"] = [str(self.run_dir / p) for p in rows.loc[~real, "image"]]
         transform = build_transform(size or self.image_size, train, mean=mean, std=std, seed=seed)
         return ManifestDataset(rows, self.manifest.classes, self.cache_root, transform)
 
     def is_synthetic(self, split: str) -> np.ndarray:
         frame = self.manifest.frame
         return (frame.loc[frame["split"] == split, "source"] != "real").to_numpy()
+
+
+def with_synthetic(manifest: Manifest, run_dir: Path) -> Manifest:
+    """``manifest`` followed by the run's kept synthetic rows (``synthetic/manifest.parquet``)."""
+    path = run_dir / SYNTHETIC_MANIFEST
+    if not path.is_file():
+        raise DataError(
+            "no synthetic images in this run: run `trcgl diffusion train`, `sample` and "
+            "`filter` first, or set diffusion.enabled=false",
+            path=path,
+        )
+    extra = Manifest.load(path)
+    if tuple(extra.classes) != tuple(manifest.classes):
+        raise DataError("synthetic rows have other classes than the manifest", path=path)
+    if extra.frame.empty:
+        return manifest
+    frame = pd.concat([manifest.frame, extra.frame], ignore_index=True)
+    for name in manifest.frame.columns:
+        if frame[name].dtype != manifest.frame[name].dtype:
+            frame[name] = frame[name].astype(manifest.frame[name].dtype)
+    return Manifest(frame, manifest.classes)

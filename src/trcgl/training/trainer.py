@@ -41,12 +41,13 @@ from trcgl.data.transforms import reseed_transforms, worker_init_fn
 from trcgl.errors import TrcglError
 from trcgl.evaluation.metrics import MetricsReport, evaluate
 from trcgl.files import atomic_write_text
+from trcgl.labels.graph import LabelGraph
 from trcgl.models.build import build_model
 from trcgl.models.losses import build_loss
 from trcgl.progress import progress_bar
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trcgl.training.precision import resolve_mixed_precision
-from trcgl.training.run_data import RunData
+from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
 from trcgl.training.schedule import cosine_with_warmup
 
 STAGE_FILE = "train.json"
@@ -97,11 +98,34 @@ def predict_probabilities(
 class Trainer:
     """Train the configured model on a prepared run directory."""
 
-    def __init__(self, config: Config, run_dir: str | Path, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        progress: bool = True,
+        out_dir: str | Path | None = None,
+        synthetic: bool | None = None,
+    ) -> None:
         self.cfg = config
         self.run_dir = Path(run_dir)
+        self.out_dir = Path(out_dir) if out_dir is not None else self.run_dir
         self.progress = progress
-        self.data = RunData.load(self.run_dir)
+        if synthetic is None:
+            synthetic = config.diffusion.enabled and (self.run_dir / SYNTHETIC_MANIFEST).is_file()
+            if config.diffusion.enabled and not synthetic:
+                warnings.warn(
+                    f"{self.run_dir} holds no synthetic images: training on real images only "
+                    "(make them with `trcgl diffusion train|sample|filter` or `trcgl run`; set "
+                    "diffusion.enabled=false to say so)",
+                    stacklevel=2,
+                )
+        self.synthetic = synthetic
+        self.data = RunData.load(self.run_dir, synthetic=synthetic)
+        if synthetic and config.graph.include_synthetic:
+            train_rows = self.data.manifest.subset(split="train")
+            self.data.graph = LabelGraph.from_labels(
+                train_rows.labels(), self.data.manifest.classes, config.graph.tau
+            )
         t = config.train
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(t.mixed_precision),
@@ -213,12 +237,12 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.accelerator.is_main_process:
             return
-        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+        with (self.out_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         for key, value in record.items():
             if isinstance(value, int | float) and key not in ("epoch", "stage"):
                 self.writer.add_scalar(key, value, record["epoch"])
@@ -233,9 +257,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         total_epochs = t.warmup_epochs + t.epochs
-        ckpt_dir = self.run_dir / "checkpoints"
-        if (self.run_dir / STAGE_FILE).is_file():
-            return json.loads((self.run_dir / STAGE_FILE).read_text())
+        ckpt_dir = self.out_dir / "checkpoints"
+        if (self.out_dir / STAGE_FILE).is_file():
+            return json.loads((self.out_dir / STAGE_FILE).read_text())
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         resume = latest_checkpoint(ckpt_dir)
         resume_state: dict[str, Any] | None = None
         if resume is not None:
@@ -331,7 +356,7 @@ class Trainer:
                     0,
                 )
                 if acc.is_main_process:
-                    acc.unwrap_model(eval_model).save_pretrained(self.run_dir / MODEL_DIR)
+                    acc.unwrap_model(eval_model).save_pretrained(self.out_dir / MODEL_DIR)
             else:
                 self.state.bad_epochs += 1
             patience = t.early_stopping_patience
@@ -355,9 +380,10 @@ class Trainer:
             "epochs_run": self.state.epoch + 1,
             "stopped_early": self.state.stopped_early,
             "steps": self.state.step,
+            "synthetic_images": int(self.is_synthetic.sum()),
         }
         if acc.is_main_process:
-            atomic_write_text(self.run_dir / STAGE_FILE, json.dumps(result, indent=2) + "\n")
+            atomic_write_text(self.out_dir / STAGE_FILE, json.dumps(result, indent=2) + "\n")
         if self.writer is not None:
             self.writer.close()
         return result
@@ -377,6 +403,14 @@ class Trainer:
                 bar.advance(task)
 
 
-def train(config: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train into ``run_dir`` (prepared already); resume if it holds a checkpoint."""
-    return Trainer(config, run_dir, progress).fit()
+def train(
+    config: Config,
+    run_dir: str | Path,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    synthetic: bool | None = None,
+) -> dict[str, Any]:
+    """Train on the prepared run ``run_dir``, writing into ``out_dir`` (default ``run_dir``);
+    resume if it holds a checkpoint. ``synthetic``: train on the run's kept synthetic images
+    too (default: when ``diffusion.enabled`` and they exist)."""
+    return Trainer(config, run_dir, progress, out_dir, synthetic).fit()

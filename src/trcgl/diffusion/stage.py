@@ -1,0 +1,540 @@
+"""The diffusion stages of a run directory: train the generator, sample, filter (METHOD.md §1).
+
+``trcgl diffusion train|sample|filter`` (and ``trcgl run``) call :func:`train_stage`,
+:func:`sample_stage` and :func:`filter_stage` on a prepared run directory. What they write:
+
+* ``diffusion/``: the generator's training (:func:`~trcgl.diffusion.train.train_generator`):
+  ``checkpoints/``, ``loss.jsonl``, ``train.json`` (loss before / after, seconds per step);
+  for the tiny generator first ``base/`` (the components with their VAE trained on the real
+  images, :mod:`~trcgl.diffusion.vae_train`) and ``vae.json``; then ``generator/``, the trained
+  generator, self-contained (diffusers layout, a LoRA adapter in ``unet_lora/``, the context
+  vectors C in ``context.safetensors``); ``stage.json`` last.
+* ``synthetic/plan.csv``: the tail planner's rows (:func:`~trcgl.diffusion.planner.
+  plan_synthesis`), each with its ``image_id``; ``synthetic/images/<image_id>.png``: the images
+  (Eq. 4–6) at ``diffusion.image_size``; ``synthetic/sample.json`` last.
+* ``filter_classifier/``: the filter's classifier, trained on the real images only (unless
+  ``diffusion.filter_model`` names one) and evaluated on the validation split, whose tuned
+  thresholds are the default probability thresholds;
+  ``synthetic/filter_report.csv`` / ``filter_summary.json`` (:func:`~trcgl.diffusion.filter.
+  filter_synthetic`); ``synthetic/cache/<size>/``: the kept images resized to ``images.size``;
+  ``synthetic/manifest.parquet``: them as manifest rows (``source=synthetic``, ``weight=w_syn``),
+  read by the classifier's trainer; ``synthetic/samples.png``: Fig. 3; ``synthetic/summary.json``
+  last (planned, made, kept, rejected and why, per class).
+
+Every stage is skipped when its record exists and its input stage's record is the one it was
+made from; a killed stage resumes: generator training from its last checkpoint, sampling from
+the first missing image (each chunk of :data:`SAMPLE_CHUNK` images has its own seed, so a
+resumed run writes the same images), the filter classifier from its last epoch.
+
+Decisions: the generator learns from the real training images that carry a tail class
+(``diffusion.train_images = "tail"``) or from all of them; the near-copy check compares with
+those same images, the only ones the generator could have memorised. A tail class is topped up
+to ``diffusion.target`` images (default: the tail threshold), at most ``max_per_class`` new ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trcgl.config import Config, resolve_path
+from trcgl.data.cache import build_image_cache, cached_path
+from trcgl.data.manifest import Manifest
+from trcgl.errors import ConfigError, DataError
+from trcgl.files import atomic_write_text
+from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
+
+__all__ = [
+    "SAMPLE_CHUNK",
+    "filter_stage",
+    "load_generator",
+    "plan_for_run",
+    "sample_stage",
+    "stage_done",
+    "train_stage",
+]
+
+log = logging.getLogger(__name__)
+
+DIFFUSION_DIR = "diffusion"
+SYNTHETIC_DIR = "synthetic"
+FILTER_DIR = "filter_classifier"
+GENERATOR_DIR = "generator"
+CONTEXT_FILE = "context.safetensors"
+RECORDS = {
+    "train": f"{DIFFUSION_DIR}/stage.json",
+    "sample": f"{SYNTHETIC_DIR}/sample.json",
+    "filter": f"{SYNTHETIC_DIR}/summary.json",
+}
+UPSTREAM = {"sample": "train", "filter": "sample"}
+#: Images sampled per seeded chunk.
+SAMPLE_CHUNK = 64
+PROMPT_STYLE = {"padchest": "padchest", "nih": "nih", "cxrlt": "cxrlt", "plain": "plain"}
+
+
+# -- records --------------------------------------------------------------------------------------
+def _record(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = run_dir / RECORDS[stage]
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stage_done(run_dir: str | Path, stage: str) -> bool:
+    """True when ``stage`` (``train``, ``sample``, ``filter``) is complete and was made from the
+    current record of the stage before it."""
+    run_dir = Path(run_dir)
+    record = _record(run_dir, stage)
+    if record is None:
+        return False
+    upstream = UPSTREAM.get(stage)
+    if upstream is None:
+        return True
+    before = _record(run_dir, upstream)
+    return before is not None and record.get("upstream") == before.get("id")
+
+
+def _write_record(run_dir: Path, stage: str, payload: dict[str, Any], started: float) -> dict:
+    upstream = UPSTREAM.get(stage)
+    record = {
+        "stage": f"diffusion {stage}",
+        "id": uuid.uuid4().hex,
+        "upstream": (_record(run_dir, upstream) or {}).get("id") if upstream else None,
+        "seconds": round(time.time() - started, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **payload,
+    }
+    atomic_write_text(run_dir / RECORDS[stage], json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _require(run_dir: Path, stage: str, command: str) -> dict[str, Any]:
+    if not stage_done(run_dir, stage):
+        raise DataError(f"run `trcgl diffusion {command}` first", path=run_dir / RECORDS[stage])
+    record = _record(run_dir, stage)
+    assert record is not None
+    return record
+
+
+# -- what to generate ---------------------------------------------------------------------------
+def _info(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "label_stats.json").read_text())
+
+
+def _target(cfg: Config, info: dict[str, Any]) -> int:
+    if cfg.diffusion.target is not None:
+        return int(cfg.diffusion.target)
+    return math.ceil(float(info["groups"]["tail_below"]))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "class"
+
+
+def plan_for_run(cfg: Config, run_dir: str | Path, tokenizer: Any = None) -> pd.DataFrame:
+    """The tail planner's rows for this run (capped at ``max_per_class``), with image ids
+    ``syn_<class>_<k>``."""
+    from trcgl.diffusion.planner import plan_synthesis
+
+    run_dir = Path(run_dir)
+    data = RunData.load(run_dir)
+    info = _info(run_dir)
+    tail = list(info["groups"]["tail"])
+    plan = plan_synthesis(
+        data.manifest,
+        tail,
+        _target(cfg, info),
+        seed=cfg.diffusion.seed,
+        dataset=PROMPT_STYLE[cfg.data.format],
+        tokenizer=tokenizer,
+    )
+    cap = cfg.diffusion.max_per_class
+    if cap is not None and len(plan):
+        plan = plan.groupby("target_class", sort=False).head(cap).reset_index(drop=True)
+    counter = plan.groupby("target_class", sort=False).cumcount()
+    ids = [f"syn_{_slug(c)}_{k:05d}" for c, k in zip(plan["target_class"], counter, strict=True)]
+    plan.insert(0, "image_id", ids)
+    return plan
+
+
+def _training_rows(cfg: Config, data: RunData, tail: list[str]) -> Manifest:
+    pool = data.manifest.subset(split="train", source="real")
+    if cfg.diffusion.train_images == "all":
+        return pool
+    columns = [pool.classes.index(c) for c in tail]
+    mask = pool.labels()[:, columns].any(axis=1) if columns else np.zeros(len(pool), bool)
+    return Manifest(pool.frame[mask], pool.classes)
+
+
+def _generator_cache(cfg: Config, data: RunData, rows: Manifest, info: dict, progress: bool):
+    """The generator's training images at ``diffusion.image_size`` (cached next to the
+    classifier's cache, from the original images)."""
+    size = cfg.diffusion.image_size
+    root = data.cache_root.parent / str(size)
+    image_root = info.get("image_root")
+    if image_root is None:
+        raise DataError("the run was prepared without images", path=data.run_dir)
+    build_image_cache(
+        list(rows.frame["image"]),
+        image_root,
+        root,
+        size=size,
+        workers=cfg.images.workers,
+        progress=progress,
+    )
+    return root
+
+
+# -- train ----------------------------------------------------------------------------------------
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dataset(cfg: Config, run_dir: Path, progress: bool, tokenizer: Any):
+    from trcgl.diffusion.prompts import prompts_for_manifest
+    from trcgl.diffusion.train import PromptImageDataset
+
+    data = RunData.load(run_dir)
+    info = _info(run_dir)
+    rows = _training_rows(cfg, data, list(info["groups"]["tail"]))
+    if len(rows) == 0:
+        raise DataError("no real training images carry a tail class", path=run_dir)
+    root = _generator_cache(cfg, data, rows, info, progress)
+    prompts = prompts_for_manifest(rows, PROMPT_STYLE[cfg.data.format], tokenizer=tokenizer)
+    dataset = PromptImageDataset(
+        rows,
+        root,
+        cfg.diffusion.image_size,
+        prompts,
+        cached=True,
+        in_memory=len(rows) <= 20_000,
+    )
+    return dataset, rows
+
+
+def _tiny_base(cfg: Config, out: Path, dataset: Any) -> Any:
+    """The tiny generator with its VAE trained on the real images (once; saved to ``base/``)."""
+    from torch.utils.data import DataLoader
+
+    from trcgl.diffusion.components import load_components, save_components
+    from trcgl.diffusion.vae_train import fit_scaling_factor, train_vae
+
+    d = cfg.diffusion
+    base = out / "base"
+    if (out / "vae.json").is_file() and (base / "model_index.json").is_file():
+        return load_components(str(base))
+    components = load_components(None, {"image_size": d.image_size, "seed": d.seed})
+    components.vae.to(_device())
+    loader = DataLoader(
+        dataset,
+        batch_size=d.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(d.seed),
+    )
+    started = time.time()
+    losses = train_vae(components.vae, loader, d.vae_steps, lr=d.vae_lr, seed=d.seed)
+    factor = fit_scaling_factor(components.vae, loader, seed=d.seed)
+    components.vae.to("cpu")
+    save_components(components, base)
+    summary = {
+        "steps": d.vae_steps,
+        "loss_first": float(np.mean(losses[:20])) if losses else None,
+        "loss_last": float(np.mean(losses[-20:])) if losses else None,
+        "scaling_factor": factor,
+        "seconds": round(time.time() - started, 2),
+    }
+    atomic_write_text(out / "vae.json", json.dumps(summary, indent=2) + "\n")
+    return load_components(str(base))
+
+
+def _source(cfg: Config) -> str | None:
+    source = cfg.diffusion.source
+    if source is None:
+        return None
+    local = resolve_path(source)
+    return str(local) if local is not None and local.exists() else source
+
+
+def train_stage(
+    cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train the generator (Eq. 3) on the run's real tail images; returns the stage record."""
+    from trcgl.diffusion.components import load_components, save_components
+    from trcgl.diffusion.conditioning import PromptConditioner
+    from trcgl.diffusion.text import load_tokenizer
+    from trcgl.diffusion.train import GeneratorTrainConfig, train_generator
+
+    run_dir = Path(run_dir)
+    out = run_dir / DIFFUSION_DIR
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(run_dir / SYNTHETIC_DIR, ignore_errors=True)
+    elif stage_done(run_dir, "train"):
+        return _record(run_dir, "train") or {}
+    started = time.time()
+    d = cfg.diffusion
+    plan = plan_for_run(cfg, run_dir)
+    if plan.empty:
+        return _write_record(
+            run_dir, "train", {"skipped": "no tail class needs synthetic images"}, started
+        )
+    source = _source(cfg)
+    tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
+    dataset, rows = _dataset(cfg, run_dir, progress, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    components = load_components(source) if source else _tiny_base(cfg, out, dataset)
+    conditioner = PromptConditioner(
+        components.text_encoder, components.tokenizer, num_context=d.num_context
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(d.seed)
+        torch.nn.init.normal_(conditioner.context, std=0.02)
+    gcfg = GeneratorTrainConfig(
+        steps=d.steps,
+        batch_size=d.batch_size,
+        lr_context=d.lr_context,
+        lr_unet=d.lr_unet,
+        unet_mode=d.unet_mode,
+        lora_rank=d.lora_rank,
+        cond_dropout=d.cond_dropout,
+        image_size=d.image_size,
+        seed=d.seed,
+        checkpoint_every=d.checkpoint_every,
+        num_context=d.num_context,
+        mixed_precision=d.mixed_precision,
+    )
+    summary = train_generator(components, conditioner, dataset, gcfg, out, progress=progress)
+    components.to("cpu")
+    conditioner.to("cpu")
+    generator = save_components(components, out / GENERATOR_DIR)
+    conditioner.save_context(generator / CONTEXT_FILE)
+    vae = json.loads((out / "vae.json").read_text()) if (out / "vae.json").is_file() else None
+    return _write_record(
+        run_dir,
+        "train",
+        {
+            "generator": str(generator),
+            "source": source or "tiny",
+            "images": len(rows),
+            "loss_before": summary["loss_before"],
+            "loss_after": summary["loss_after"],
+            "steps": summary["steps"],
+            "vae": vae,
+        },
+        started,
+    )
+
+
+def load_generator(run_dir: str | Path, num_context: int | None = None):
+    """The trained generator of a run: ``(components, conditioner)``."""
+    from trcgl.diffusion.components import load_components
+    from trcgl.diffusion.conditioning import PromptConditioner, read_context
+
+    folder = Path(run_dir) / DIFFUSION_DIR / GENERATOR_DIR
+    if not (folder / CONTEXT_FILE).is_file():
+        raise DataError("no trained generator here (run `trcgl diffusion train`)", path=folder)
+    tensor, _ = read_context(folder / CONTEXT_FILE)
+    m = int(tensor.shape[0]) if num_context is None else num_context
+    components = load_components(str(folder))
+    conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=m)
+    conditioner.load_context(folder / CONTEXT_FILE)
+    return components, conditioner
+
+
+# -- sample ---------------------------------------------------------------------------------------
+def sample_stage(
+    cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Sample the planned images (Eq. 4–6) into ``synthetic/images/``; returns the record."""
+    from trcgl.diffusion.sample import sample_images, save_pngs
+
+    run_dir = Path(run_dir)
+    trained = _require(run_dir, "train", "train")
+    out = run_dir / SYNTHETIC_DIR
+    if not force and stage_done(run_dir, "sample"):
+        return _record(run_dir, "sample") or {}
+    if force or _record(run_dir, "sample") is not None:  # redo, or made by an older generator
+        shutil.rmtree(out, ignore_errors=True)
+    started = time.time()
+    d = cfg.diffusion
+    out.mkdir(parents=True, exist_ok=True)
+    if trained.get("skipped"):
+        atomic_write_text(out / "plan.csv", plan_for_run(cfg, run_dir).to_csv(index=False))
+        return _write_record(run_dir, "sample", {"made": 0, "skipped": trained["skipped"]}, started)
+    components, conditioner = load_generator(run_dir, d.num_context)
+    plan = plan_for_run(cfg, run_dir, components.tokenizer)
+    atomic_write_text(out / "plan.csv", plan.to_csv(index=False))
+    device = _device()
+    components.to(device)
+    conditioner.to(device)
+    images_dir = out / "images"
+    made = 0
+    for chunk, start in enumerate(range(0, len(plan), SAMPLE_CHUNK)):
+        part = plan.iloc[start : start + SAMPLE_CHUNK]
+        if all((images_dir / f"{i}.png").is_file() for i in part["image_id"]):
+            continue
+        images = sample_images(
+            components,
+            conditioner,
+            part["prompt"].tolist(),
+            guidance_scale=d.guidance_scale,
+            steps=d.sample_steps,
+            scheduler=d.scheduler,
+            seed=d.seed * 1_000_003 + chunk,
+            batch_size=d.sample_batch_size,
+            image_size=d.image_size,
+            progress=progress,
+        )
+        save_pngs(images, images_dir, part["image_id"].tolist())
+        made += len(images)
+        log.info("sampled %d / %d synthetic images", start + len(part), len(plan))
+    return _write_record(
+        run_dir,
+        "sample",
+        {
+            "made": len(plan),
+            "made_now": made,
+            "per_class": {str(k): int(v) for k, v in plan["target_class"].value_counts().items()},
+            "guidance_scale": d.guidance_scale,
+            "sample_steps": d.sample_steps,
+            "scheduler": d.scheduler,
+            "image_size": d.image_size,
+        },
+        started,
+    )
+
+
+# -- filter ---------------------------------------------------------------------------------------
+def _read_gray(path: Path) -> np.ndarray:
+    from trcgl.data.images import read_image
+
+    return read_image(path)
+
+
+def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path, Path]:
+    """The filter's model folder, and its validation evaluation folder (trained here on real
+    images unless ``diffusion.filter_model`` names one)."""
+    from trcgl.evaluation.report import evaluate_run
+    from trcgl.training.trainer import train
+
+    out = run_dir / FILTER_DIR
+    given = cfg.diffusion.filter_model
+    if given is not None:
+        model_dir = resolve_path(given)
+        assert model_dir is not None
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError(f"diffusion.filter_model {given!r} is not a model folder")
+    else:
+        filter_cfg = copy.deepcopy(cfg)
+        if cfg.diffusion.filter_epochs is not None:
+            filter_cfg.train.epochs = cfg.diffusion.filter_epochs
+        train(filter_cfg, run_dir, progress=progress, out_dir=out, synthetic=False)
+        model_dir = out / "model"
+    evaluation = out / "evaluation" / "val"
+    if not (evaluation / "per_class.csv").is_file():
+        evaluate_run(
+            run_dir, model_dir, "val", cfg.train.batch_size, cfg.train.num_workers, out_dir=out
+        )
+    return model_dir, evaluation
+
+
+def _thresholds(cfg: Config, evaluation: Path, classes: list[str]) -> float | dict[str, float]:
+    if cfg.diffusion.prob_threshold is not None:
+        return cfg.diffusion.prob_threshold
+    table = pd.read_csv(evaluation / "per_class.csv").set_index("class")
+    out = {}
+    for c in classes:
+        value = table["threshold"].get(c, np.nan) if "threshold" in table else np.nan
+        out[c] = float(value) if np.isfinite(value) else 0.5
+    return out
+
+
+def filter_stage(
+    cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Keep the good synthetic images and make them manifest rows; returns the summary."""
+    from trcgl.diffusion.filter import ReferenceFeatures, features, filter_synthetic
+    from trcgl.diffusion.synthetic import append_synthetic, plot_class_grid
+    from trcgl.models.base import load_model
+
+    run_dir = Path(run_dir)
+    sampled = _require(run_dir, "sample", "sample")
+    out = run_dir / SYNTHETIC_DIR
+    if not force and stage_done(run_dir, "filter"):
+        return _record(run_dir, "filter") or {}
+    started = time.time()
+    d = cfg.diffusion
+    data = RunData.load(run_dir)
+    text = {c: str for c in ("image_id", "source_image_id", "view", "prompt")}
+    plan = pd.read_csv(out / "plan.csv", dtype=text, keep_default_na=False)
+    (out / "manifest.parquet").unlink(missing_ok=True)
+    if sampled.get("skipped") or plan.empty:
+        Manifest(data.manifest.frame.iloc[:0], data.manifest.classes).save(
+            run_dir / SYNTHETIC_MANIFEST
+        )
+        payload = {"planned": 0, "made": 0, "kept": 0, "rejected": {}, "per_class": {}}
+        return _write_record(run_dir, "filter", payload, started)
+
+    model_dir, evaluation = _filter_classifier(cfg, run_dir, progress)
+    model = load_model(model_dir).to(_device()).eval()
+    targets = plan["target_class"].astype(str).tolist()
+    thresholds = _thresholds(cfg, evaluation, sorted(set(targets)))
+    info = _info(run_dir)
+    rows = _training_rows(cfg, data, list(info["groups"]["tail"]))
+    vectors = []
+    batch = cfg.train.batch_size
+    for start in range(0, len(rows), 512):
+        part = rows.frame.iloc[start : start + 512]
+        images = [_read_gray(cached_path(data.cache_root, p)) for p in part["image"]]
+        vectors.append(features(model, images, batch))
+    reference = ReferenceFeatures(np.concatenate(vectors), tuple(rows.frame["image_id"]))
+    synthetic = [_read_gray(out / "images" / f"{i}.png") for i in plan["image_id"]]
+    report = filter_synthetic(
+        model, synthetic, targets, reference, thresholds, d.max_similarity, batch
+    )
+    report.save(out)
+
+    kept = report.rows["kept"].to_numpy()
+    kept_plan = plan[kept].reset_index(drop=True)
+    size = cfg.images.size
+    relative = [f"images/{i}.png" for i in kept_plan["image_id"]]
+    cache = out / "cache" / str(size)
+    build_image_cache(relative, out, cache, size=size, workers=1, progress=False)
+    paths = [f"{SYNTHETIC_DIR}/cache/{size}/{p}" for p in relative]
+    merged = append_synthetic(
+        data.manifest, kept_plan, paths, cfg.train.w_syn, image_ids=kept_plan["image_id"].tolist()
+    )
+    frame = merged.frame[merged.frame["source"] == "synthetic"]
+    Manifest(frame.reset_index(drop=True), merged.classes).save(run_dir / SYNTHETIC_MANIFEST)
+
+    shown = [im for im, k in zip(synthetic, kept, strict=True) if k]
+    shown_targets = [t for t, k in zip(targets, kept, strict=True) if k]
+    title = "Synthetic samples per tail class (kept by the filter)"
+    if not shown:
+        shown, shown_targets = synthetic, targets
+        title = "Synthetic samples per tail class (none kept by the filter)"
+    plot_class_grid(shown, shown_targets, out / "samples.png", per_class=4, title=title)
+
+    summary = report.summary()
+    planned = plan["target_class"].value_counts()
+    for name, counts in summary["per_class"].items():
+        counts["planned"] = int(planned.get(name, 0))
+    evaluated = json.loads((evaluation / "metrics.json").read_text())
+    payload = {
+        "planned": len(plan),
+        **summary,
+        "w_syn": cfg.train.w_syn,
+        "filter_model": str(model_dir),
+        "filter_model_val": evaluated.get("summary", {}).get("overall"),
+    }
+    return _write_record(run_dir, "filter", payload, started)

@@ -1,0 +1,914 @@
+"""One self-contained ``report.html`` per run directory.
+
+:func:`write_report` reads whatever a run directory holds and writes ``<run>/report.html``: a
+single file that opens offline in any browser. Every figure is a PNG embedded as a
+``data:image/png;base64,`` URI, the style sheet is inline, and there are no scripts, fonts or
+links to anything outside the file (a Content-Security-Policy ``<meta>`` says so to the
+browser, which then refuses to fetch anything but ``data:`` images).
+
+Sections, in order (each one says in a short note what is missing when its inputs are absent,
+e.g. in a labels-only run or a run without synthetic images):
+
+1. **Header**: run name, date written, trcgl version, the split evaluated and the method.
+2. **Configuration**: the resolved ``config.yaml``.
+3. **Data statistics**: images and patients per split, the frequency-group thresholds, the
+   manifest's rows by split and source, Fig. 2 (``figures/label_statistics.png``), the
+   per-class counts of ``label_stats.csv`` coloured by group (head / medium / tail) and the
+   rows the reader dropped, with why.
+4. **Synthetic samples**: the generator's training summary (``diffusion/train.json``: loss
+   before / after, steps, seconds per step) and loss curve (``diffusion/loss.jsonl``), the
+   filter's made / kept / rejected counts overall and per class (``synthetic/summary.json``)
+   and Fig. 3 (``synthetic/samples.png``).
+5. **Training**: ``train.json`` and the curve of ``metrics.jsonl`` (validation mAP per epoch,
+   overall and per group; training loss).
+6. **Metrics**: mAP, mAUC, macro-F1 at 0.5 and at the tuned thresholds, overall and per
+   frequency group (``evaluation/<split>/metrics.json``).
+7. **Per-class metrics**: ``evaluation/<split>/per_class.csv`` (AP, AUC, F1, threshold).
+8. **Precision–recall curves**: from ``predictions.csv`` (scores and true labels), one panel
+   per frequency group, one curve per class, its AP in the legend.
+9. **Decision regions and confidences**: Fig. 4 (class attention maps) and Fig. 5 (every
+   class's probability against its tuned threshold) of a few validation images, chosen
+   deterministically (most positive tail labels first, ties by image id), drawn by
+   :func:`trcgl.evaluation.explain.explain_images` from the model folder and the image cache.
+
+``split=None`` reports ``test`` when it was evaluated, else ``val``. Text is escaped with
+:func:`html.escape`; numbers are right-aligned with four decimals.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+import trcgl
+from trcgl.evaluation.figures import GROUP_COLOURS
+from trcgl.files import atomic_write_text
+
+__all__ = ["REPORT_NAME", "write_report"]
+
+REPORT_NAME = "report.html"
+GROUPS = ("head", "medium", "tail")
+#: Embedded image files larger than this (pixels, longest side) are downscaled.
+MAX_IMAGE_SIDE = 2400
+_DPI = 110
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_TINTS = {"head": "#eaf2fa", "medium": "#fff3e6", "tail": "#fcebeb"}
+
+
+# --------------------------------------------------------------------------------------------
+# Small HTML helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def _fmt(value: Any) -> str:
+    """A table cell's text: integers as they are, other numbers with four decimals."""
+    if value is None or value is pd.NA:
+        return "–"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return "–" if math.isnan(value) else f"{float(value):.4f}"
+    return str(value)
+
+
+def _chip(group: str | None) -> str:
+    if group not in GROUP_COLOURS:
+        return _esc(group or "–")
+    return f'<span class="chip {group}">{_esc(group)}</span>'
+
+
+def _table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    table_id: str | None = None,
+    row_groups: Sequence[str | None] | None = None,
+    html_columns: Sequence[int] = (),
+) -> str:
+    """A table; numbers right-aligned. Cells of ``html_columns`` are inserted unescaped."""
+    rows = [list(r) for r in rows]
+    numeric = [
+        bool(rows) and all(_is_number(r[j]) or r[j] is None for r in rows) and j not in html_columns
+        for j in range(len(header))
+    ]
+    num = ' class="num"'
+    head = "".join(
+        f'<th{num if numeric[j] else ""} scope="col">{_esc(h)}</th>' for j, h in enumerate(header)
+    )
+    body = []
+    for i, row in enumerate(rows):
+        group = row_groups[i] if row_groups is not None else None
+        cls = f' class="g-{group}"' if group in GROUP_COLOURS else ""
+        cells = []
+        for j, value in enumerate(row):
+            text = value if j in html_columns else _esc(_fmt(value))
+            cells.append(
+                f'<td class="num">{text}</td>' if _is_number(value) else f"<td>{text}</td>"
+            )
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    ident = f' id="{_esc(table_id)}"' if table_id else ""
+    return (
+        f'<div class="table-wrap"><table{ident}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _key_values(items: Mapping[str, Any], table_id: str | None = None) -> str:
+    rows = [[k.replace("_", " "), v] for k, v in items.items()]
+    return _table(["", "value"], rows, table_id=table_id)
+
+
+def _img(png: bytes, alt: str, caption: str = "", css: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    cls = f' class="{css}"' if css else ""
+    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+    return f'<figure{cls}><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{cap}</figure>'
+
+
+def _png_file(path: Path) -> bytes:
+    """The bytes of an image file as a PNG no larger than :data:`MAX_IMAGE_SIDE`."""
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "PNG" and max(img.size) <= MAX_IMAGE_SIDE:
+            return data
+        img.load()
+        if max(img.size) > MAX_IMAGE_SIDE:
+            img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+
+
+def _fig_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# What the run directory holds
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; a line cut short by a killed writer is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+@dataclass
+class _Run:
+    """The run directory and what several sections share."""
+
+    run_dir: Path
+    split: str | None
+    info: dict[str, Any] | None
+    classes: list[str]
+    group_of: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def eval_dir(self) -> Path | None:
+        return None if self.split is None else self.run_dir / "evaluation" / self.split
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {g: [] for g in GROUPS}
+        for c in self.classes:
+            if self.group_of.get(c) in out:
+                out[self.group_of[c]].append(c)
+        return out
+
+
+def _choose_split(run_dir: Path, split: str | None) -> str | None:
+    if split is not None:
+        return split
+    for candidate in ("test", "val"):
+        if (run_dir / "evaluation" / candidate / "metrics.json").is_file():
+            return candidate
+    return None
+
+
+def _load_run(run_dir: Path, split: str | None) -> _Run:
+    info = _read_json(run_dir / "label_stats.json")
+    classes: list[str] = list(info.get("classes", [])) if info else []
+    group_of: dict[str, str] = {}
+    if info and "groups" in info:
+        for g in GROUPS:
+            for c in info["groups"].get(g, []):
+                group_of[c] = g
+    stats = run_dir / "label_stats.csv"
+    if stats.is_file():
+        frame = pd.read_csv(stats)
+        classes = classes or frame["class"].astype(str).tolist()
+        if "group" in frame:
+            for c, g in zip(frame["class"].astype(str), frame["group"], strict=True):
+                if isinstance(g, str):
+                    group_of.setdefault(c, g)
+    chosen = _choose_split(run_dir, split)
+    per_class = run_dir / "evaluation" / str(chosen) / "per_class.csv"
+    if per_class.is_file():
+        frame = pd.read_csv(per_class)
+        classes = classes or frame["class"].astype(str).tolist()
+        if "group" in frame:
+            for c, g in zip(frame["class"].astype(str), frame["group"], strict=True):
+                if isinstance(g, str):
+                    group_of.setdefault(c, g)
+    return _Run(run_dir, chosen, info, classes, group_of)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Section:
+    ident: str
+    title: str
+    body: str
+
+
+def _header(run: _Run) -> str:
+    config_name = None
+    cfg = run.run_dir / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        loaded = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            config_name = loaded.get("name")
+    metrics = _read_json(run.eval_dir / "metrics.json") if run.eval_dir else None
+    split = run.split or "none (run `trcgl evaluate` first)"
+    if run.split == "val":
+        split += " (tuned-threshold F1 is optimistic: thresholds tuned on this split)"
+    items = {
+        "run directory": str(run.run_dir.resolve()),
+        "configuration": config_name or "–",
+        "written": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "trcgl version": trcgl.__version__,
+        "split evaluated": split,
+        "method": (metrics or {}).get("method", "–"),
+        "classes": str(len(run.classes)) if run.classes else "–",
+    }
+    rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items.items())
+    name = run.run_dir.resolve().name
+    return (
+        f'<header><h1>TRCGL-Net run report: {_esc(name)}</h1><dl class="meta">{rows}</dl></header>'
+    )
+
+
+def _configuration(run: _Run) -> str:
+    cfg = run.run_dir / "config.yaml"
+    if not cfg.is_file():
+        return _note("No config.yaml in this run directory.")
+    return f"<pre>{_esc(cfg.read_text(encoding='utf-8'))}</pre>"
+
+
+def _data_statistics(run: _Run) -> str:
+    parts: list[str] = []
+    info = run.info
+    if info is None:
+        parts.append(_note("No label_stats.json: the run has not been prepared (`trcgl prepare`)."))
+    else:
+        images, patients = info.get("images", {}), info.get("patients", {})
+        splits = [s for s in ("train", "val", "test") if s in images or s in patients]
+        rows = [[s, images.get(s), patients.get(s)] for s in splits]
+        rows.append(["all", sum(images.get(s, 0) for s in splits), sum(patients.values())])
+        parts.append("<h3>Images and patients per split</h3>")
+        parts.append(_table(["split", "images", "patients"], rows, table_id="split-counts"))
+        extra = {
+            k: info[k] for k in ("images_without_class", "skipped_images", "format") if k in info
+        }
+        groups = info.get("groups", {})
+        extra.update(
+            {f"groups: {k}": groups[k] for k in ("mode", "head_above", "tail_below") if k in groups}
+        )
+        for g in GROUPS:
+            if g in groups:
+                extra[f"{g} classes"] = len(groups[g])
+        if extra:
+            parts.append(_key_values(extra, table_id="data-summary"))
+    parts.append(_manifest_counts(run))
+    fig2 = run.run_dir / "figures" / "label_statistics.png"
+    if fig2.is_file():
+        caption = (
+            "Fig. 2. Training images per class (log scale, coloured by frequency group) and "
+            "label co-occurrence P(column | row)."
+        )
+        parts.append(_img(_png_file(fig2), "Fig. 2: label statistics", caption))
+    else:
+        parts.append(_note("No figures/label_statistics.png (Fig. 2)."))
+    stats = run.run_dir / "label_stats.csv"
+    parts.append("<h3>Images and patients per class</h3>")
+    if stats.is_file():
+        frame = pd.read_csv(stats)
+        groups_col = [run.group_of.get(str(c)) for c in frame["class"]]
+        header = [c.replace("_", " ") for c in frame.columns]
+        rows = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+        html_cols: list[int] = []
+        if "group" in frame.columns:
+            j = list(frame.columns).index("group")
+            for r in rows:
+                r[j] = _chip(r[j])
+            html_cols = [j]
+        parts.append(_legend())
+        parts.append(
+            _table(
+                header, rows, table_id="label-stats", row_groups=groups_col, html_columns=html_cols
+            )
+        )
+    else:
+        parts.append(_note("No label_stats.csv."))
+    if info is not None:
+        dropped = info.get("dropped") or {}
+        parts.append("<h3>Rows dropped by the reader</h3>")
+        if dropped:
+            parts.append(_table(["reason", "rows"], sorted(dropped.items()), table_id="dropped"))
+        else:
+            parts.append(_note("No rows were dropped."))
+    return "".join(parts)
+
+
+def _legend() -> str:
+    chips = " ".join(_chip(g) for g in GROUPS)
+    return f'<p class="legend">Rows are coloured by frequency group: {chips}</p>'
+
+
+def _manifest_counts(run: _Run) -> str:
+    path = run.run_dir / "manifest.parquet"
+    if not path.is_file():
+        return _note("No manifest.parquet.")
+    from trcgl.data.manifest import Manifest
+
+    frame = Manifest.load(path).frame
+    counts = frame.groupby(["split", "source"]).size()
+    rows = [[split, source, int(n)] for (split, source), n in counts.items()]
+    return "<h3>Manifest rows by split and source</h3>" + _table(
+        ["split", "source", "rows"], rows, table_id="manifest-counts"
+    )
+
+
+def _synthetic(run: _Run) -> str:
+    gen = _read_json(run.run_dir / "diffusion" / "train.json")
+    loss = _read_jsonl(run.run_dir / "diffusion" / "loss.jsonl")
+    summary = _read_json(run.run_dir / "synthetic" / "summary.json")
+    samples = run.run_dir / "synthetic" / "samples.png"
+    if gen is None and not loss and summary is None and not samples.is_file():
+        return _note(
+            "No synthetic data in this run: the diffusion stage has not run here "
+            "(no diffusion/ or synthetic/ outputs)."
+        )
+    parts = ["<h3>Generator training</h3>"]
+    if gen is not None:
+        first = ("images", "steps", "unet_mode", "seconds_per_step", "loss_before", "loss_after")
+        items = _scalars(gen, first)
+        before, after = gen.get("loss_before"), gen.get("loss_after")
+        if _is_number(before) and _is_number(after) and before:
+            items["loss change"] = f"{100 * (after - before) / before:+.1f} %"
+        parts.append(_key_values(items, table_id="generator"))
+    else:
+        parts.append(_note("No diffusion/train.json (generator training summary)."))
+    if loss:
+        parts.append(_img(_diffusion_loss_png(loss), "generator loss curve", "Generator loss."))
+    else:
+        parts.append(_note("No diffusion/loss.jsonl (generator loss curve)."))
+    parts.append("<h3>Made, kept and rejected</h3>")
+    if summary is not None:
+        rejected = summary.get("rejected") or {}
+        items = {k: summary[k] for k in ("planned", "made", "kept") if k in summary}
+        if isinstance(rejected, Mapping):
+            items["rejected"] = sum(rejected.values())
+        thresholds = summary.get("prob_threshold")
+        if isinstance(thresholds, Mapping):
+            summary = {**summary, "prob_threshold": "per class (see the table)"}
+        first = ("prob_threshold", "max_similarity", "w_syn")
+        items.update(_scalars(summary, first, skip=(*items, "stage", "id", "upstream")))
+        parts.append(_key_values(items, table_id="synthetic-summary"))
+        if isinstance(rejected, Mapping) and rejected:
+            rows = sorted(rejected.items())
+            parts.append(_table(["rejected because", "images"], rows, table_id="rejected"))
+        per_class = summary.get("per_class") or {}
+        thr = thresholds if isinstance(thresholds, Mapping) else None
+        parts.append(_synthetic_per_class(run, per_class, thr))
+    else:
+        parts.append(_note("No synthetic/summary.json (filter summary)."))
+    if samples.is_file():
+        caption = "Fig. 3. Synthetic samples."
+        parts.append(_img(_png_file(samples), "Fig. 3: synthetic samples", caption))
+    else:
+        parts.append(_note("No synthetic/samples.png (Fig. 3)."))
+    return "".join(parts)
+
+
+def _scalars(
+    record: Mapping[str, Any], first: Sequence[str], skip: Sequence[str] = ("id", "upstream")
+) -> dict[str, Any]:
+    """The record's plain values (not lists or dicts), the keys of ``first`` first."""
+    keys = [k for k in first if k in record] + [k for k in record if k not in first]
+    return {
+        k: record[k]
+        for k in keys
+        if k not in skip and not isinstance(record[k], Mapping | list | tuple)
+    }
+
+
+def _synthetic_per_class(
+    run: _Run,
+    per_class: Mapping[str, Mapping[str, Any]],
+    thresholds: Mapping[str, Any] | None = None,
+) -> str:
+    if not per_class:
+        return _note("The filter summary has no per-class counts.")
+    keys = ("planned", "made", "kept", "near_copy", "low_probability")
+    order = [c for c in run.classes if c in per_class] + sorted(
+        c for c in per_class if c not in run.classes
+    )
+    rows, groups = [], []
+    for c in order:
+        counts = per_class[c]
+        made = counts.get("made")
+        kept = counts.get("kept")
+        rate = kept / made if _is_number(made) and made and _is_number(kept) else None
+        row = [c, _chip(run.group_of.get(c)), *(counts.get(k) for k in keys), rate]
+        if thresholds is not None:
+            row.append(thresholds.get(c))
+        rows.append(row)
+        groups.append(run.group_of.get(c))
+    header = ["class", "group", "planned", "made", "kept", "near copy", "low probability"]
+    header.append("kept / made")
+    if thresholds is not None:
+        header.append("probability threshold")
+    return "<h4>Per class</h4>" + _table(
+        header,
+        rows,
+        table_id="synthetic-per-class",
+        row_groups=groups,
+        html_columns=[1],
+    )
+
+
+def _diffusion_loss_png(records: list[dict[str, Any]]) -> bytes:
+    pts = [(r["step"], r["loss"]) for r in records if "step" in r and _is_number(r.get("loss"))]
+    steps = np.array([p[0] for p in pts], dtype=float)
+    loss = np.array([p[1] for p in pts], dtype=float)
+    fig = Figure(figsize=(7.5, 3.2))
+    ax = fig.subplots()
+    ax.plot(
+        steps, loss, color="#1f77b4", alpha=0.35 if len(loss) >= 20 else 1.0, lw=1, label="loss"
+    )
+    if len(loss) >= 20:
+        w = max(5, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1 :], smooth, color="#1f77b4", lw=2, label=f"mean of {w} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising loss (Eq. 3)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _fig_png(fig)
+
+
+def _training(run: _Run) -> str:
+    result = _read_json(run.run_dir / "train.json")
+    records = _read_jsonl(run.run_dir / "metrics.jsonl")
+    if result is None and not records:
+        return _note("Not trained yet: no train.json or metrics.jsonl (`trcgl train`).")
+    parts = []
+    if result is not None:
+        scalars = {k: v for k, v in result.items() if not isinstance(v, dict | list)}
+        parts.append(_key_values(scalars, table_id="train-summary"))
+    else:
+        parts.append(_note("No train.json yet (training still running, or killed)."))
+    if records:
+        best = (result or {}).get("best_epoch")
+        caption = "Validation mAP per epoch (overall and per group) and training loss."
+        parts.append(_img(_training_png(records, best), "training curve", caption))
+    else:
+        parts.append(_note("No metrics.jsonl (per-epoch validation metrics)."))
+    return "".join(parts)
+
+
+def _training_png(records: list[dict[str, Any]], best_epoch: Any) -> bytes:
+    by_epoch = {r["epoch"]: r for r in records if "epoch" in r}  # a resumed run: last wins
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    epochs = [r["epoch"] for r in rows]
+    has_loss = any(_is_number(r.get("train_loss")) for r in rows)
+    fig = Figure(figsize=(10.5 if has_loss else 6, 3.4))
+    axes = fig.subplots(1, 2 if has_loss else 1, squeeze=False)[0]
+
+    def series(key: str) -> list[float]:
+        return [float(r[key]) if _is_number(r.get(key)) else math.nan for r in rows]
+
+    stage1 = [r["epoch"] for r in rows if r.get("stage") == 1]
+    for ax in axes:
+        if stage1:
+            ax.axvspan(min(stage1) - 0.5, max(stage1) + 0.5, color="0.92", label="stage 1")
+        if _is_number(best_epoch):
+            ax.axvline(best_epoch, color="0.4", ls=":", lw=1, label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax = axes[0]
+    ax.plot(epochs, series("val_mAP"), "o-", color="black", lw=2, ms=4, label="val mAP")
+    for g in GROUPS:
+        if any(f"val_{g}_mAP" in r for r in rows):
+            ax.plot(epochs, series(f"val_{g}_mAP"), "--", color=GROUP_COLOURS[g], lw=1.2, label=g)
+    ax.set_ylabel("validation mAP")
+    ax.legend(fontsize=7, ncol=2)
+    if has_loss:
+        axes[1].plot(epochs, series("train_loss"), "o-", color="#9467bd", ms=4, label="train loss")
+        axes[1].set_ylabel("training loss")
+        axes[1].legend(fontsize=7)
+    return _fig_png(fig)
+
+
+def _metrics(run: _Run) -> str:
+    if run.eval_dir is None:
+        return _note("Not evaluated: no evaluation/<split>/metrics.json (`trcgl evaluate`).")
+    metrics = _read_json(run.eval_dir / "metrics.json")
+    if metrics is None:
+        return _note(
+            f"The {run.split} split was not evaluated: no evaluation/{run.split}/metrics.json "
+            f"(`trcgl evaluate --split {run.split}`)."
+        )
+    summary = metrics.get("summary", {})
+    subsets = [s for s in ("overall", *GROUPS) if s in summary] + [
+        s for s in summary if s not in ("overall", *GROUPS)
+    ]
+    rows = []
+    for s in subsets:
+        m = summary[s]
+        rows.append(
+            [
+                s,
+                m.get("n_classes"),
+                m.get("mAP"),
+                m.get("mAUC"),
+                m.get("macro_F1"),
+                m.get("macro_F1_tuned"),
+            ]
+        )
+    header = ["subset", "classes", "mAP", "mAUC", "F1 @ 0.5", "F1 (tuned thr.)"]
+    parts = [
+        f"<p>{_esc(metrics.get('method', 'model'))} on the {_esc(run.split)} split; per-class "
+        "thresholds tuned on the validation split.</p>",
+        _table(header, rows, table_id="metrics-summary", row_groups=subsets),
+    ]
+    if metrics.get("optimistic_tuned_f1") or run.split == "val":
+        parts.append(
+            _note("F1 (tuned thr.) is optimistic here: the thresholds were tuned on this split.")
+        )
+    if metrics.get("excluded"):
+        parts.append(
+            _note(
+                "No positives in this split, left out of the means: "
+                + ", ".join(metrics["excluded"])
+            )
+        )
+    if metrics.get("excluded_auc"):
+        parts.append(
+            _note(
+                "No negatives in this split, left out of mAUC: "
+                + ", ".join(metrics["excluded_auc"])
+            )
+        )
+    return "".join(parts)
+
+
+def _per_class(run: _Run) -> str:
+    path = run.eval_dir / "per_class.csv" if run.eval_dir else None
+    if path is None or not path.is_file():
+        return _note("No per_class.csv (`trcgl evaluate`).")
+    frame = pd.read_csv(path)
+    train_counts: dict[str, Any] = {}
+    stats = run.run_dir / "label_stats.csv"
+    if stats.is_file():
+        s = pd.read_csv(stats)
+        if "images_train" in s:
+            train_counts = dict(zip(s["class"].astype(str), s["images_train"], strict=True))
+    names = {
+        "n_pos": "positives",
+        "n_neg": "negatives",
+        "ap": "AP",
+        "auc": "AUC",
+        "f1": "F1 @ 0.5",
+        "f1_tuned": "F1 (tuned thr.)",
+        "threshold": "tuned threshold",
+    }
+    columns = [c for c in names if c in frame.columns]
+    header = ["class", "group"]
+    if train_counts:
+        header.append("train images")
+    header += [names[c] for c in columns]
+    rows, groups = [], []
+    for _, r in frame.iterrows():
+        c = str(r["class"])
+        g = run.group_of.get(c) or (r["group"] if isinstance(r.get("group"), str) else None)
+        row: list[Any] = [c, _chip(g)]
+        if train_counts:
+            row.append(train_counts.get(c))
+        for col in columns:
+            v = r[col]
+            row.append(None if pd.isna(v) else (int(v) if col in ("n_pos", "n_neg") else float(v)))
+        rows.append(row)
+        groups.append(g)
+    return _legend() + _table(
+        header, rows, table_id="per-class", row_groups=groups, html_columns=[1]
+    )
+
+
+def _pr_curves(run: _Run) -> str:
+    path = run.eval_dir / "predictions.csv" if run.eval_dir else None
+    if path is None or not path.is_file():
+        return _note("No predictions.csv (`trcgl evaluate`).")
+    preds = pd.read_csv(path)
+    classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
+    if not any(f"label:{c}" in preds for c in classes):
+        return _note("predictions.csv has no true labels (label:<class> columns).")
+    panels: dict[str, list[str]] = {}
+    for c in classes:
+        if f"label:{c}" in preds:
+            panels.setdefault(run.group_of.get(c, "other"), []).append(c)
+    order = [g for g in (*GROUPS, "other") if g in panels]
+    caption = (
+        f"Precision–recall curves on the {run.split} split ({len(preds)} images), one panel per "
+        "frequency group; average precision (AP) in the legend."
+    )
+    return _img(_pr_png(preds, panels, order), "precision-recall curves", caption)
+
+
+def _pr_png(preds: pd.DataFrame, panels: Mapping[str, list[str]], order: list[str]) -> bytes:
+    from matplotlib import colormaps
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig = Figure(figsize=(4.4 * len(order), 4.2))
+    axes = fig.subplots(1, len(order), squeeze=False)[0]
+    for ax, group in zip(axes, order, strict=True):
+        members = panels[group]
+        cmap = colormaps["tab10" if len(members) <= 10 else "tab20"]
+        for i, c in enumerate(members):
+            y = preds[f"label:{c}"].to_numpy().astype(int)
+            p = preds[c].to_numpy(dtype=float)
+            if not y.any():
+                ax.plot([], [], color=cmap(i % cmap.N), label=f"{c} (no positives)")
+                continue
+            precision, recall, _ = precision_recall_curve(y, p)
+            ap = average_precision_score(y, p)
+            ax.step(
+                recall, precision, where="post", color=cmap(i % cmap.N), label=f"{c} (AP {ap:.4f})"
+            )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        colour = GROUP_COLOURS.get(group, "black")
+        noun = "class" if len(members) == 1 else "classes"
+        ax.set_title(f"{group} ({len(members)} {noun})", color=colour)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
+    return _fig_png(fig)
+
+
+def _pick_images(run: _Run, frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Validation images with the most positive tail labels, ties by image id."""
+    rows = frame[(frame["split"] == "val") & (frame["source"] == "real")]
+    tail = [c for c in run.groups()["tail"] if c in rows.columns]
+    score = rows[tail].sum(axis=1) if tail else pd.Series(0, index=rows.index)
+    rows = rows.assign(_tail=score.to_numpy(), _id=rows["image_id"].astype(str))
+    return rows.sort_values(["_tail", "_id"], ascending=[False, True], kind="stable").head(n)
+
+
+def _cache_root(run: _Run) -> Path | None:
+    cache = (run.info or {}).get("cache")
+    if not cache:
+        return None
+    root = Path(cache["root"])
+    if root.is_dir():
+        return root
+    moved = run.run_dir / "cache" / str(cache.get("size", ""))  # a copied or moved run
+    return moved if moved.is_dir() else None
+
+
+def _explanations(run: _Run, n_images: int) -> str:
+    if n_images <= 0:
+        return _note("No images asked for (explain_images=0).")
+    model_dir = run.run_dir / "model"
+    if not (model_dir / "config.json").is_file():
+        return _note("No model folder (model/config.json): the run has not been trained.")
+    if not (run.run_dir / "manifest.parquet").is_file():
+        return _note("No manifest.parquet.")
+    cache = _cache_root(run)
+    if cache is None:
+        return _note("No image cache: the run was prepared from labels only (or the cache moved).")
+
+    from trcgl.data.cache import cached_path
+    from trcgl.data.manifest import Manifest
+    from trcgl.evaluation.explain import explain_images
+    from trcgl.models.base import load_model
+
+    frame = Manifest.load(run.run_dir / "manifest.parquet").frame
+    candidates = _pick_images(run, frame, len(frame))
+    picked = []
+    for _, row in candidates.iterrows():
+        path = cached_path(cache, row["image"])
+        if path.is_file():
+            picked.append((row, path))
+        if len(picked) == n_images:
+            break
+    if not picked:
+        return _note("No cached validation image found to explain.")
+    model = load_model(model_dir)
+    classes = list(model.classes)
+    thresholds, source = None, "0.5 (the run was not evaluated)"
+    per_class = run.eval_dir / "per_class.csv" if run.eval_dir else None
+    if per_class is not None and per_class.is_file():
+        table = pd.read_csv(per_class).set_index("class")
+        if "threshold" in table and all(c in table.index for c in classes):
+            thresholds = table.loc[classes, "threshold"].to_numpy(dtype=float)
+            source = f"tuned on the validation split (evaluation/{run.split}/per_class.csv)"
+    known = all(c in frame.columns for c in classes)
+    labels = {p.name: row[classes].to_numpy(dtype=np.uint8) for row, p in picked} if known else None
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # A model without class attention maps: said once below instead of once per image.
+        warnings.filterwarnings("ignore", message=".*no class attention maps.*")
+        explain_images(model, [p for _, p in picked], tmp, min(3, len(classes)), thresholds, labels)
+        figures = {f.name: f.read_bytes() for f in Path(tmp).glob("*.png")}
+    parts = [
+        f"<p>{len(picked)} validation image(s) with the most positive tail labels (ties by image "
+        f"id). Thresholds: {_esc(source)}. ★ marks a true label in Fig. 5.</p>"
+    ]
+    if not any(name.endswith("_regions.png") for name in figures):
+        parts.append(_note(f"{model.architecture} has no class attention maps: Fig. 5 only."))
+    for row, path in picked:
+        truth = [c for c in classes if known and row[c]]
+        chips = ", ".join(f"{_esc(c)} {_chip(run.group_of.get(c))}" for c in truth) or "none"
+        parts.append(f"<h3>{_esc(row['image_id'])}</h3><p>True labels: {chips}</p>")
+        figs = []
+        regions = figures.get(f"{path.stem}_regions.png")
+        if regions is not None:
+            figs.append(
+                _img(regions, f"Fig. 4: {row['image_id']}", "Fig. 4. Class decision regions.")
+            )
+        confidence = figures.get(f"{path.stem}_confidence.png")
+        if confidence is not None:
+            figs.append(
+                _img(confidence, f"Fig. 5: {row['image_id']}", "Fig. 5. Prediction confidence.")
+            )
+        parts.append(f'<div class="grid">{"".join(figs)}</div>')
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --fg: #1d2330; --muted: #5b6472; --line: #dde1e7; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #f3f4f7; color: var(--fg);
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+  sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 28px 36px 64px; background: #fff;
+  min-height: 100vh; }
+h1 { font-size: 1.6rem; margin: 0 0 .4em; }
+h2 { font-size: 1.3rem; margin: 2.2em 0 .6em; padding-bottom: .25em;
+  border-bottom: 2px solid var(--line); }
+h3 { font-size: 1.05rem; margin: 1.6em 0 .5em; }
+h4 { font-size: .95rem; margin: 1.2em 0 .4em; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1.2em;
+  margin: 0; font-size: .92rem; }
+dl.meta dt { color: var(--muted); }
+dl.meta dd { margin: 0; word-break: break-all; }
+nav.toc { background: #f7f8fa; border: 1px solid var(--line); border-radius: 6px;
+  padding: .6em 1.2em; margin: 1.4em 0; }
+nav.toc ol { columns: 2; margin: .3em 0; }
+nav.toc a, a { color: #1f5fa8; text-decoration: none; }
+nav.toc a:hover { text-decoration: underline; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: .5em 0 1.2em; font-size: .86rem; }
+th, td { padding: .3em .75em; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; }
+thead th { background: #eef0f4; border-bottom: 2px solid #c6ccd5; font-weight: 600; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.g-head { background: var(--head-tint); } tr.g-medium { background: var(--medium-tint); }
+tr.g-tail { background: var(--tail-tint); }
+tr.g-head td:first-child { box-shadow: inset 4px 0 var(--head); }
+tr.g-medium td:first-child { box-shadow: inset 4px 0 var(--medium); }
+tr.g-tail td:first-child { box-shadow: inset 4px 0 var(--tail); }
+.chip { display: inline-block; padding: 0 .55em; border-radius: .8em; font-size: .78em;
+  color: #fff; line-height: 1.6; }
+.chip.head { background: var(--head); } .chip.medium { background: var(--medium); }
+.chip.tail { background: var(--tail); }
+.legend { font-size: .85rem; color: var(--muted); }
+pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px;
+  padding: .8em 1em; max-height: 30em; overflow: auto; font-size: .8rem; line-height: 1.4; }
+figure { margin: .8em 0 1.4em; }
+figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: .85rem; margin-top: .3em; }
+.grid { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.grid figure { margin: 0; flex: 0 1 auto; }
+.note { color: var(--muted); background: #f8f9fb; border-left: 3px solid #c6ccd5;
+  padding: .45em .9em; margin: .6em 0; }
+footer { margin-top: 3em; color: var(--muted); font-size: .8rem; }
+"""
+
+
+def _css() -> str:
+    """The style sheet, with the group colours of Fig. 2 as CSS variables."""
+    colours = " ".join(f"--{g}: {GROUP_COLOURS[g]}; --{g}-tint: {_TINTS[g]};" for g in GROUPS)
+    return f":root {{ {colours} }}" + _CSS
+
+
+def _page(title: str, header: str, sections: list[_Section]) -> str:
+    toc = "".join(f'<li><a href="#{s.ident}">{_esc(s.title)}</a></li>' for s in sections)
+    body = "".join(
+        f'<section id="{s.ident}"><h2>{_esc(s.title)}</h2>{s.body}</section>' for s in sections
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{_css()}</style></head>"
+        f'<body><main>{header}<nav class="toc"><strong>Contents</strong><ol>{toc}</ol></nav>'
+        f"{body}<footer>Written by trcgl {_esc(trcgl.__version__)}. Self-contained: every "
+        "figure is embedded; nothing is fetched.</footer></main></body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path, split: str | None = None, *, explain_images: int = 3) -> Path:
+    """Write ``<run_dir>/report.html`` (atomically) from what the run directory holds.
+
+    Args:
+        run_dir: a run directory (prepared; trained, evaluated and with synthetic data as far
+            as the run got: missing parts get a short note).
+        split: the evaluated split to report (``evaluation/<split>/``); ``None``: ``test`` when
+            it was evaluated, else ``val``.
+        explain_images: how many validation images get Fig. 4 and Fig. 5 (0: none).
+
+    Returns:
+        The path of the report.
+    """
+    run = _load_run(Path(run_dir), split)
+    sections = [
+        _Section("configuration", "Configuration", _configuration(run)),
+        _Section("data", "Data statistics", _data_statistics(run)),
+        _Section("synthetic", "Synthetic samples", _synthetic(run)),
+        _Section("training", "Training", _training(run)),
+        _Section("metrics", "Metrics overall and per group", _metrics(run)),
+        _Section("per-class", "Per-class metrics", _per_class(run)),
+        _Section("pr-curves", "Precision–recall curves", _pr_curves(run)),
+        _Section(
+            "explanations",
+            "Decision regions and confidences (Fig. 4, Fig. 5)",
+            _explanations(run, explain_images),
+        ),
+    ]
+    for s in sections:  # section ids double as anchors; table ids must not repeat them
+        s.ident = f"sec-{s.ident}"
+    title = f"trcgl report: {run.run_dir.resolve().name}"
+    out = run.run_dir / REPORT_NAME
+    atomic_write_text(out, _page(title, _header(run), sections))
+    return out

@@ -1,0 +1,161 @@
+"""``trcgl run``: every stage of the method in one run directory, in order.
+
+prepare → diffusion train → sample → filter → classifier training (two stages) → evaluate →
+report. A stage whose outputs are complete is skipped (each stage writes its record file last);
+a killed run started again resumes inside the stage it stopped in (the image cache, generator
+training, sampling and classifier training all resume), so nothing finished is lost or redone.
+With ``diffusion.enabled: false`` the three diffusion stages are skipped and the classifier
+trains on real images only.
+
+The split evaluated is ``test`` when the run has one, else ``val`` (then the tuned-threshold F1
+is optimistic, and the report says so).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trcgl.config import Config
+from trcgl.files import atomic_write_text
+
+__all__ = ["STAGES", "PipelineResult", "evaluated_split", "run_pipeline"]
+
+STAGES: tuple[str, ...] = (
+    "prepare",
+    "diffusion train",
+    "diffusion sample",
+    "diffusion filter",
+    "train",
+    "evaluate",
+    "report",
+)
+
+
+@dataclass
+class PipelineResult:
+    """What ran, what was skipped, and where the results are."""
+
+    run_dir: Path
+    split: str
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def evaluated_split(run_dir: Path) -> str:
+    """``test`` when the prepared run has test images, else ``val``."""
+    info = json.loads((run_dir / "label_stats.json").read_text())
+    return "test" if info.get("images", {}).get("test", 0) > 0 else "val"
+
+
+def _evaluation_done(run_dir: Path, split: str) -> bool:
+    metrics = run_dir / "evaluation" / split / "metrics.json"
+    trained = run_dir / "train.json"
+    return (
+        metrics.is_file()
+        and trained.is_file()
+        and metrics.stat().st_mtime >= (trained.stat().st_mtime)
+    )
+
+
+#: Which synthetic images (the filter record's id, or none) the run's classifier trains on.
+CLASSIFIER_INPUT = "classifier_input.json"
+
+
+def _classifier_input(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CLASSIFIER_INPUT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _prepare_classifier(run_dir: Path, synthetic_id: str | None, train_file: str) -> bool:
+    """True when the classifier finished on the current synthetic images. Otherwise make
+    ``run_dir`` ready to train: a classifier started on other synthetic images (or before
+    they were made again) is removed; one started on these resumes."""
+    current = {"synthetic_record": synthetic_id}
+    if _classifier_input(run_dir) == current:
+        return (run_dir / train_file).is_file()
+    for name in ("checkpoints", "model", "tensorboard", "evaluation"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in (train_file, "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    atomic_write_text(run_dir / CLASSIFIER_INPUT, json.dumps(current) + "\n")
+    return False
+
+
+def run_pipeline(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run (or finish) every stage for ``cfg`` in ``run_dir``; ``log`` gets one line per stage."""
+    from trcgl.diffusion import stage as diffusion
+    from trcgl.evaluation.html_report import write_report
+    from trcgl.evaluation.report import evaluate_run
+    from trcgl.prepare import STAGE_FILE as PREPARE_FILE
+    from trcgl.prepare import is_complete
+    from trcgl.prepare import prepare as run_prepare
+    from trcgl.training.trainer import STAGE_FILE as TRAIN_FILE
+    from trcgl.training.trainer import train
+
+    run_dir = Path(run_dir)
+    result = PipelineResult(run_dir, "val")
+
+    def step(name: str, done: bool, action: Callable[[], Any]) -> Any:
+        if done:
+            result.skipped.append(name)
+            log(f"{name}: complete, skipped")
+            return None
+        log(f"{name} ...")
+        started = time.time()
+        out = action()
+        result.seconds[name] = round(time.time() - started, 1)
+        result.ran.append(name)
+        log(f"{name}: done in {result.seconds[name]:.1f} s")
+        return out
+
+    prepared = (run_dir / PREPARE_FILE).is_file() and is_complete(run_dir, cfg)
+    step("prepare", prepared, lambda: run_prepare(cfg, run_dir, progress=progress))
+    result.split = evaluated_split(run_dir)
+    use_synthetic = cfg.diffusion.enabled
+    if use_synthetic:
+        for name, key, fn in (
+            ("diffusion train", "train", diffusion.train_stage),
+            ("diffusion sample", "sample", diffusion.sample_stage),
+            ("diffusion filter", "filter", diffusion.filter_stage),
+        ):
+            step(
+                name,
+                diffusion.stage_done(run_dir, key),
+                lambda fn=fn: fn(cfg, run_dir, progress=progress),
+            )
+        result.synthetic = json.loads((run_dir / diffusion.RECORDS["filter"]).read_text())
+    else:
+        result.skipped += ["diffusion train", "diffusion sample", "diffusion filter"]
+        log("diffusion: disabled (diffusion.enabled=false), real images only")
+    trained = _prepare_classifier(run_dir, result.synthetic.get("id"), TRAIN_FILE)
+    step("train", trained, lambda: train(cfg, run_dir, progress=progress, synthetic=use_synthetic))
+    step(
+        "evaluate",
+        _evaluation_done(run_dir, result.split),
+        lambda: evaluate_run(
+            run_dir,
+            split=result.split,
+            batch_size=cfg.train.batch_size,
+            num_workers=cfg.train.num_workers,
+        ),
+    )
+    metrics = json.loads((run_dir / "evaluation" / result.split / "metrics.json").read_text())
+    result.metrics = metrics["summary"]
+    result.report = step("report", False, lambda: write_report(run_dir, result.split))
+    return result

@@ -1,0 +1,159 @@
+"""`trcgl diffusion train|sample|filter` on a prepared run of real NIH images, tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.conftest import TINY_DIFFUSION
+from trcgl.cli import app
+from trcgl.config import load_config
+from trcgl.data.manifest import Manifest
+from trcgl.diffusion import stage
+from trcgl.training.run_data import RunData
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def synthesized(prepared, tmp_path_factory):
+    """The prepared run, through train → sample → filter by the three commands."""
+    run, overrides = prepared
+    copy = tmp_path_factory.mktemp("diffusion") / "run"
+    shutil.copytree(run, copy)
+    args = [*overrides, *TINY_DIFFUSION]
+    outputs = []
+    for command in ("train", "sample", "filter"):
+        result = _invoke("diffusion", command, "-c", "nih-demo", "--run-dir", str(copy), *args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    return copy, args, outputs
+
+
+def test_plan_tops_up_each_tail_class(synthesized):
+    run, args, _ = synthesized
+    cfg = load_config("nih-demo", args)
+    info = json.loads((run / "label_stats.json").read_text())
+    tail = info["groups"]["tail"]
+    assert tail, "the fixture has tail classes"
+    plan = pd.read_csv(run / "synthetic" / "plan.csv")
+    counts = RunData.load(run).manifest.subset(split="train", source="real").labels().sum(0)
+    classes = RunData.load(run).manifest.classes
+    target = int(np.ceil(info["groups"]["tail_below"]))
+    for name in tail:
+        need = max(0, target - int(counts[classes.index(name)]))
+        rows = plan[plan["target_class"] == name]
+        assert len(rows) == min(need, cfg.diffusion.max_per_class)
+        assert (rows[name] == 1).all()  # each image is labelled with its target class
+    assert plan["image_id"].is_unique
+    assert stage.stage_done(run, "train") and stage.stage_done(run, "sample")
+
+
+def test_generator_is_saved_and_reloads(synthesized):
+    run, _, outputs = synthesized
+    record = json.loads((run / "diffusion" / "stage.json").read_text())
+    assert np.isfinite(record["loss_before"]) and np.isfinite(record["loss_after"])
+    assert record["steps"] == 4 and record["vae"]["steps"] == 3
+    assert "→" in outputs[0]
+    components, conditioner = stage.load_generator(run)
+    assert conditioner.num_context == 8
+    assert components.image_size == 32
+
+
+def test_sampled_images_and_filter_accounting(synthesized):
+    run, _, outputs = synthesized
+    plan = pd.read_csv(run / "synthetic" / "plan.csv")
+    images = sorted((run / "synthetic" / "images").glob("*.png"))
+    assert len(images) == len(plan) > 0
+    with Image.open(images[0]) as im:
+        assert im.mode == "L" and im.size == (32, 32)
+    summary = json.loads((run / "synthetic" / "summary.json").read_text())
+    assert summary["planned"] == summary["made"] == len(plan)
+    assert summary["kept"] + sum(summary["rejected"].values()) == summary["made"]
+    for c in summary["per_class"].values():
+        assert c["kept"] + c["near_copy"] + c["low_probability"] == c["made"] == c["planned"]
+    report = pd.read_csv(run / "synthetic" / "filter_report.csv")
+    assert len(report) == len(plan)
+    assert (report["threshold"] == 0.0).all()  # diffusion.prob_threshold=0.0
+    assert (run / "synthetic" / "samples.png").is_file()
+    assert (run / "filter_classifier" / "model" / "config.json").is_file()
+    assert "kept of" in outputs[2]
+
+
+def test_kept_images_become_weighted_training_rows(synthesized):
+    run, args, _ = synthesized
+    cfg = load_config("nih-demo", args)
+    plan = pd.read_csv(run / "synthetic" / "plan.csv", dtype={"image_id": str})
+    report = pd.read_csv(run / "synthetic" / "filter_report.csv")
+    kept = plan[report["kept"].to_numpy()]
+    rows = Manifest.load(run / "synthetic" / "manifest.parquet")
+    assert len(rows.frame) == len(kept)
+    frame = rows.frame
+    assert (frame["source"] == "synthetic").all() and (frame["split"] == "train").all()
+    assert np.allclose(frame["weight"], cfg.train.w_syn)
+    assert list(frame["image_id"]) == list(kept["image_id"])
+    assert np.array_equal(rows.labels(), kept[list(rows.classes)].to_numpy())
+    data = RunData.load(run, synthetic=True)
+    real = RunData.load(run)
+    assert len(data.manifest.frame) == len(real.manifest.frame) + len(frame)
+    if len(frame):
+        ds = data.dataset("train", train=False, mean=(0.5,), std=(0.5,), size=32)
+        item = ds[len(ds) - 1]  # a synthetic row, read from synthetic/cache/<size>/
+        assert tuple(item["image"].shape[-2:]) == (32, 32)
+
+
+def test_complete_stages_are_skipped_and_resampling_is_identical(synthesized, tmp_path):
+    run, args, _ = synthesized
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config("nih-demo", args)
+    before = stage._record(copy, "sample")
+    assert stage.sample_stage(cfg, copy, progress=False) == before  # complete: skipped
+    images = sorted((copy / "synthetic" / "images").glob("*.png"))
+    original = {p.name: np.asarray(Image.open(p)) for p in images}
+    # A sampling run killed after its first images: the record is missing, one image too.
+    (copy / "synthetic" / "sample.json").unlink()
+    images[-1].unlink()
+    stage.sample_stage(cfg, copy, progress=False)
+    for name, array in original.items():
+        assert np.array_equal(np.asarray(Image.open(copy / "synthetic" / "images" / name)), array)
+    # The filter was made from the earlier sampling record: stale now, so not done.
+    assert not stage.stage_done(copy, "filter")
+
+
+def test_retraining_the_generator_invalidates_samples(synthesized, tmp_path):
+    run, args, _ = synthesized
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config("nih-demo", args)
+    stage.train_stage(cfg, copy, force=True, progress=False)
+    assert stage.stage_done(copy, "train")
+    assert not (copy / "synthetic").exists()
+    assert not stage.stage_done(copy, "sample")
+
+
+def test_sample_before_train_is_a_clear_error(prepared, tmp_path):
+    run, overrides = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = _invoke("diffusion", "sample", "-c", "nih-demo", "--run-dir", str(copy), *overrides)
+    assert result.exit_code == 2
+    assert "trcgl diffusion train" in result.output
+
+
+def test_bad_diffusion_config_names_the_key(prepared):
+    _, overrides = prepared
+    result = _invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.image_size=30")
+    assert result.exit_code == 2 and "diffusion.image_size" in result.output
+    result = _invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.stepz=3")
+    assert result.exit_code == 2 and "diffusion.stepz" in result.output
