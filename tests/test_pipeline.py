@@ -104,3 +104,12 @@ def test_demo_command_on_the_vendored_sample(tmp_path):
     assert (out / "report.html").is_file()
     info = json.loads((out / "label_stats.json").read_text())
     assert info["images"]["train"] + info["images"]["val"] == 2279
+
+
+def test_training_without_synthetic_images_says_so(prepared):
+    from trcgl.training.trainer import Trainer
+
+    run, overrides = prepared
+    with pytest.warns(UserWarning, match="holds no synthetic images"):
+        trainer = Trainer(load_config("nih-demo", overrides), run, progress=False)
+    assert not trainer.synthetic and not trainer.is_synthetic.any()

@@ -319,7 +319,7 @@ def _pipeline(cfg, out: Path) -> None:
         rejected = ", ".join(f"{n} {why}" for why, n in (syn.get("rejected") or {}).items())
         console.print(
             f"synthetic images: {syn.get('made', 0):,} made, {syn.get('kept', 0):,} kept"
-            + (f" ({rejected} rejected)" if rejected else "")
+            + (f" (rejected: {rejected})" if rejected else "")
             + f", training weight w_syn = {cfg.train.w_syn:g}"
         )
     console.print(
@@ -357,6 +357,51 @@ def demo(
     except TrcglError as exc:
         _fail(exc)
     _pipeline(cfg, run_dir)
+
+
+@app.command()
+def experiment(
+    table: Annotated[str, typer.Argument(help="table1 … table5 (the paper's tables).")],
+    config: ConfigOption,
+    overrides: Overrides = None,
+    run_dir: RunDirOption = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="key=value applied to every variant after its preset (repeatable)."
+        ),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated variant names to run (default: all).")
+    ] = None,
+) -> None:
+    """Reproduce one of the paper's tables: train and evaluate each variant on the run's data
+    (finished variants are reused), print the table, write experiments/<table>.csv and .md."""
+    from trcgl.experiments import TITLES, run_experiment
+
+    try:
+        cfg = load_config(config, overrides or [])
+        names = [n.strip() for n in only.split(",")] if only else None
+        result = run_experiment(
+            cfg,
+            _run_dir(cfg, run_dir),
+            table,
+            extra=set_ or [],
+            only=names,
+            log=lambda line: console.print(escape(line)),
+        )
+    except TrcglError as exc:
+        _fail(exc)
+    frame = result.frame
+    out = Table(title=f"{TITLES[table]} ({cfg.name}, {result.split})")
+    for col in frame.columns:
+        out.add_column(str(col), justify="left" if col == "method" else "right")
+    for row in frame.itertuples(index=False):
+        out.add_row(
+            *(("–" if v != v else f"{v:.4f}") if isinstance(v, float) else str(v) for v in row)
+        )
+    console.print(out)
+    console.print(f"written to [bold]{result.csv}[/] and [bold]{result.markdown}[/]")
 
 
 diffusion_app = typer.Typer(

@@ -217,8 +217,10 @@ class DiffusionConfig:
     #: Keep an image if p(target class) ≥ this; ``null``: the class's threshold tuned on the
     #: validation split (F1-optimal), which follows the classifier's own calibration.
     prob_threshold: float | None = None
-    #: Reject an image as a near-copy if its nearest training image has cosine similarity ≥ this.
-    max_similarity: float = 0.95
+    #: Reject an image as a near-copy if its nearest training image has cosine similarity ≥ this
+    #: (in the filter classifier's feature space). ``null``: calibrated on the real images, the
+    #: 99th percentile of their nearest-neighbour similarity to other patients' images.
+    max_similarity: float | None = None
     seed: int = 0
 
 
@@ -238,6 +240,20 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def updated(self, presets: list[str | Path] = (), overrides: list[str] = ()) -> Config:
+        """A validated copy with YAML files / presets layered on top (section by section), then
+        ``key=value`` overrides: how an experiment derives its variants from one config."""
+        tree = self.to_dict()
+        for item in presets:
+            path = _preset_or_path(item)
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = _merge(tree, loaded)
+        for key, value in parse_overrides(list(overrides)):
+            _set(tree, key, value)
+        config = _build(Config, tree)
+        config.validate()
+        return config
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -318,7 +334,7 @@ class Config:
             raise ConfigError(
                 f"diffusion.prob_threshold must lie in [0, 1] or be null, got {d.prob_threshold}"
             )
-        if not 0 < d.max_similarity <= 1:
+        if d.max_similarity is not None and not 0 < d.max_similarity <= 1:
             raise ConfigError(
                 f"diffusion.max_similarity must lie in (0, 1], got {d.max_similarity}"
             )

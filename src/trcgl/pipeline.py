@@ -24,7 +24,7 @@ from typing import Any
 from trcgl.config import Config
 from trcgl.files import atomic_write_text
 
-__all__ = ["STAGES", "PipelineResult", "evaluated_split", "run_pipeline"]
+__all__ = ["STAGES", "PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
 
 STAGES: tuple[str, ...] = (
     "prepare",
@@ -76,13 +76,14 @@ def _classifier_input(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _prepare_classifier(run_dir: Path, synthetic_id: str | None, train_file: str) -> bool:
+def prepare_classifier(run_dir: Path, synthetic_id: str | None, train_file: str) -> bool:
     """True when the classifier finished on the current synthetic images. Otherwise make
     ``run_dir`` ready to train: a classifier started on other synthetic images (or before
     they were made again) is removed; one started on these resumes."""
     current = {"synthetic_record": synthetic_id}
     if _classifier_input(run_dir) == current:
         return (run_dir / train_file).is_file()
+    run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("checkpoints", "model", "tensorboard", "evaluation"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for name in (train_file, "metrics.jsonl"):
@@ -143,7 +144,7 @@ def run_pipeline(
     else:
         result.skipped += ["diffusion train", "diffusion sample", "diffusion filter"]
         log("diffusion: disabled (diffusion.enabled=false), real images only")
-    trained = _prepare_classifier(run_dir, result.synthetic.get("id"), TRAIN_FILE)
+    trained = prepare_classifier(run_dir, result.synthetic.get("id"), TRAIN_FILE)
     step("train", trained, lambda: train(cfg, run_dir, progress=progress, synthetic=use_synthetic))
     step(
         "evaluate",

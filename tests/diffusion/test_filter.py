@@ -124,3 +124,16 @@ def test_bad_inputs(setup):
         ReferenceFeatures(np.zeros((2, 4), np.float32), ("a",))
     with pytest.raises(DataError, match="feature size"):
         filter_synthetic(model, images[:1], [model.classes[0]], np.ones((3, 5), np.float32))
+
+
+def test_similarity_bound_ignores_same_patient_pairs():
+    from trcgl.diffusion.filter import ReferenceFeatures, similarity_bound
+
+    # Nearest other-patient similarities by hand: 0.6, 0.6, 0.8, 0.8 (v0 = v1 is one patient).
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    reference = ReferenceFeatures(vectors, ("a0", "a1", "b", "c"))
+    patients = ["A", "A", "B", "C"]
+    assert similarity_bound(reference, patients, quantile=1.0) == pytest.approx(0.8)
+    assert similarity_bound(reference, patients, quantile=0.5) == pytest.approx(0.7)
+    with pytest.raises(DataError, match="two patients"):
+        similarity_bound(reference, ["A"] * 4)

@@ -17,6 +17,9 @@ from trcgl.models.base import load_model
 from trcgl.prepare import prepare
 from trcgl.training.trainer import Trainer, TrainingError, train
 
+# These runs have no synthetic images on purpose (the diffusion stages are tested elsewhere).
+pytestmark = pytest.mark.filterwarnings("ignore:.*holds no synthetic images")
+
 
 def _copy(run: Path, to: Path) -> Path:
     shutil.copytree(run, to)

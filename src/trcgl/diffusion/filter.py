@@ -8,7 +8,9 @@ The paper does not say how synthetic images are filtered; this project keeps an 
     validation split, which follow its own calibration: a classifier trained on a long tail
     rarely gives a tail class 0.5), and
 (b) it is not a near-copy of a training image: its nearest-neighbour cosine similarity to the
-    real training images, in the classifier's feature space, is ``< max_similarity``.
+    real training images, in the classifier's feature space, is ``< max_similarity`` — a fixed
+    bound, or one calibrated on the real images (:func:`similarity_bound`: the 99th
+    percentile of real images' nearest-neighbour similarity to other patients' images).
 
 Features (:func:`features`) are the classifier's pooled backbone features, L2-normalised:
 ``GAP(φ(I))`` of the feature map for TRCGL-Net and CSRA (``model.features``), timm's
@@ -48,6 +50,7 @@ __all__ = [
     "features",
     "filter_synthetic",
     "reference_features",
+    "similarity_bound",
 ]
 
 KEPT = "kept"
@@ -222,6 +225,42 @@ def _probabilities(
         feats.append(_embed(model, x).float().cpu().numpy())
         start += len(x)
     return np.concatenate(probs), _normalise(np.concatenate(feats))
+
+
+def similarity_bound(
+    reference: ReferenceFeatures,
+    patient_ids: Sequence[str],
+    quantile: float = 0.99,
+    max_queries: int = 5000,
+    seed: int = 0,
+) -> float:
+    """A near-copy bound calibrated on the real images themselves.
+
+    For each real image (up to ``max_queries`` of them, drawn with ``seed``) its
+    nearest-neighbour cosine similarity to the images of *other* patients; the bound is the
+    ``quantile`` of these. A synthetic image at or above it is closer to a training image than
+    99 % of real radiographs are to any other patient's: a copy, not a new sample. A fixed bound
+    means little across feature spaces: a weak classifier puts all radiographs at cosine ≈ 0.95.
+    """
+    vectors = _normalise(reference.vectors)
+    patients = np.asarray([str(p) for p in patient_ids])
+    if len(patients) != len(vectors):
+        raise DataError(f"{len(vectors)} reference images but {len(patients)} patient ids")
+    if len(np.unique(patients)) < 2:
+        raise DataError("a calibrated near-copy bound needs images of two patients or more")
+    if not 0 < quantile <= 1:
+        raise ConfigError(f"quantile must lie in (0, 1], got {quantile}")
+    rng = np.random.default_rng(seed)
+    queries = np.arange(len(vectors))
+    if len(queries) > max_queries:
+        queries = np.sort(rng.choice(queries, max_queries, replace=False))
+    nearest = np.empty(len(queries))
+    for start in range(0, len(queries), 256):
+        rows = queries[start : start + 256]
+        block = vectors[rows] @ vectors.T
+        block[patients[rows][:, None] == patients[None, :]] = -np.inf  # same patient: not a copy
+        nearest[start : start + 256] = block.max(axis=1)
+    return float(np.quantile(nearest, quantile))
 
 
 def filter_synthetic(

@@ -463,7 +463,12 @@ def filter_stage(
     cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Keep the good synthetic images and make them manifest rows; returns the summary."""
-    from trcgl.diffusion.filter import ReferenceFeatures, features, filter_synthetic
+    from trcgl.diffusion.filter import (
+        ReferenceFeatures,
+        features,
+        filter_synthetic,
+        similarity_bound,
+    )
     from trcgl.diffusion.synthetic import append_synthetic, plot_class_grid
     from trcgl.models.base import load_model
 
@@ -499,9 +504,10 @@ def filter_stage(
         vectors.append(features(model, images, batch))
     reference = ReferenceFeatures(np.concatenate(vectors), tuple(rows.frame["image_id"]))
     synthetic = [_read_gray(out / "images" / f"{i}.png") for i in plan["image_id"]]
-    report = filter_synthetic(
-        model, synthetic, targets, reference, thresholds, d.max_similarity, batch
-    )
+    bound = d.max_similarity
+    if bound is None:
+        bound = similarity_bound(reference, rows.frame["patient_id"].tolist(), seed=d.seed)
+    report = filter_synthetic(model, synthetic, targets, reference, thresholds, bound, batch)
     report.save(out)
 
     kept = report.rows["kept"].to_numpy()
@@ -534,6 +540,7 @@ def filter_stage(
         "planned": len(plan),
         **summary,
         "w_syn": cfg.train.w_syn,
+        "similarity_calibrated": d.max_similarity is None,
         "filter_model": str(model_dir),
         "filter_model_val": evaluated.get("summary", {}).get("overall"),
     }

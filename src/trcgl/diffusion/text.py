@@ -207,6 +207,9 @@ def load_text_encoder(
         kwargs["subfolder"] = "text_encoder"
     attempts = [kwargs] if folder.is_dir() else [{}, {"subfolder": "text_encoder"}]
     error: Exception | None = None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load, in logs too
     for attempt in attempts:
         try:
             return freeze(CLIPTextModel.from_pretrained(source, **attempt))

@@ -1,0 +1,323 @@
+"""The paper's tables as commands (``trcgl experiment table1 … table5``), METHOD.md §4–5.
+
+An experiment trains one classifier per *variant* on the same prepared run (its split, image
+cache and synthetic images are shared) and evaluates each on the same split (``test`` when the
+run has one, else ``val``):
+
+* Table 1 (baselines): ResNet-50, EfficientNet-B0, ConvNeXt, ViT-B/16, CLIP, ConvNeXt + LDAM-DRW,
+  ConvNeXt + CSRA (the ``baselines/*`` presets, real images only) and TRCGL-Net;
+* Table 2 (frequency groups): head / medium / tail mAP, mAUC and F1 of the Table 1 variants;
+* Table 3 (ablation): TRCGL-Net with the diffusion data, the channel-class attention and the
+  label relation modelling switched off one at a time, and all off (the backbone with a
+  linear head on real images);
+* Table 4: w_syn ∈ {0.25, 0.5, 0.75}; Table 5: α ∈ {0.025, 0.05, 0.1}.
+
+A variant is the run's configuration with a preset layered on top and ``key=value`` overrides;
+its folder ``<run>/experiments/<slug>-<digest>/`` is named by a digest of what it trains, so a
+variant that appears in several tables (TRCGL-Net with the default w_syn and α) is trained
+once, and a finished variant is not trained again (a killed one resumes). Each table is printed
+and written as ``<run>/experiments/<table>.csv`` and ``.md``; where the data set is PadChest the
+paper's numbers (METHOD.md §5) stand beside ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trcgl.config import Config
+from trcgl.errors import ConfigError
+from trcgl.files import atomic_write_text
+
+__all__ = ["PAPER", "TABLES", "Variant", "run_experiment", "variants_for"]
+
+TABLES = ("table1", "table2", "table3", "table4", "table5")
+TITLES = {
+    "table1": "Table 1: comparison with baselines",
+    "table2": "Table 2: head / medium / tail classes",
+    "table3": "Table 3: ablation",
+    "table4": "Table 4: weight of the synthetic images w_syn",
+    "table5": "Table 5: weight of the label scores α",
+}
+#: The paper's numbers on PadChest (30 classes, 224 px, its own split), METHOD.md §5.
+PAPER: dict[str, dict[str, float]] = {
+    "ConvNeXt": {
+        "mAP": 0.3323,
+        "mAUC": 0.8720,
+        "F1": 0.2166,
+        "head mAP": 0.5156,
+        "medium mAP": 0.2715,
+        "tail mAP": 0.1280,
+        "tail mAUC": 0.8707,
+    },
+    "ConvNeXt + LDAM": {
+        "mAP": 0.2962,
+        "mAUC": 0.8464,
+        "F1": 0.2752,
+        "head mAP": 0.4903,
+        "medium mAP": 0.2352,
+        "tail mAP": 0.0328,
+        "tail mAUC": 0.6898,
+    },
+    "ConvNeXt + CSRA": {"mAP": 0.3671, "mAUC": 0.8581, "F1": 0.3227},
+    "TRCGL-Net": {
+        "mAP": 0.4408,
+        "mAUC": 0.8989,
+        "F1": 0.4369,
+        "head mAP": 0.5479,
+        "medium mAP": 0.3272,
+        "tail mAP": 0.4904,
+        "tail mAUC": 0.9229,
+    },
+}
+FULL = "TRCGL-Net"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One classifier of an experiment: a preset and overrides over the run's config.
+
+    ``paper`` names the row of :data:`PAPER` it corresponds to; ``synthetic``: whether it trains
+    on the synthetic images (only if the configuration's ``diffusion.enabled`` allows it).
+    """
+
+    name: str
+    presets: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    synthetic: bool = True
+    paper: str | None = None
+    columns: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def _baselines() -> list[Variant]:
+    real = {"synthetic": False}
+    return [
+        Variant("ResNet-50", ("baselines/resnet50",), **real),
+        Variant("EfficientNet-B0", ("baselines/efficientnet_b0",), **real),
+        Variant("ConvNeXt", ("baselines/convnext",), paper="ConvNeXt", **real),
+        Variant("ViT-B/16", ("baselines/vit_b16",), **real),
+        Variant("CLIP", ("baselines/clip",), **real),
+        Variant(
+            "ConvNeXt + LDAM-DRW", ("baselines/convnext_ldam",), paper="ConvNeXt + LDAM", **real
+        ),
+        Variant("ConvNeXt + CSRA", ("baselines/convnext_csra",), paper="ConvNeXt + CSRA", **real),
+        Variant(FULL, paper=FULL),
+    ]
+
+
+def _ablation() -> list[Variant]:
+    attention_off = ("model.channel_attention=false", "model.spatial_attention=false")
+    rows = [
+        ("backbone only", (*attention_off, "model.label_gcn=false"), False),
+        ("w/o channel-class attention", attention_off, True),
+        ("w/o label relation", ("model.label_gcn=false",), True),
+        ("w/o diffusion data", (), False),
+        (FULL, (), True),
+    ]
+    out = []
+    for name, overrides, synthetic in rows:
+        columns = {
+            "diffusion": synthetic,
+            "channel-class attention": "model.channel_attention=false" not in overrides,
+            "label relation": "model.label_gcn=false" not in overrides,
+        }
+        paper = FULL if name == FULL else None
+        out.append(Variant(name, (), overrides, synthetic, paper, columns))
+    return out
+
+
+def _sweep(key: str, label: str, values: tuple[float, ...]) -> list[Variant]:
+    return [
+        Variant(f"{label} = {v:g}", (), (f"{key}={v}",), True, None, {label: v}) for v in values
+    ]
+
+
+def variants_for(table: str) -> list[Variant]:
+    """The variants of one table."""
+    if table in ("table1", "table2"):
+        return _baselines()
+    if table == "table3":
+        return _ablation()
+    if table == "table4":
+        return _sweep("train.w_syn", "w_syn", (0.25, 0.5, 0.75))
+    if table == "table5":
+        return _sweep("model.alpha", "α", (0.025, 0.05, 0.1))
+    raise ConfigError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def variant_config(cfg: Config, variant: Variant, extra: list[str]) -> tuple[Config, bool]:
+    """The variant's configuration (``extra`` overrides last) and whether it uses synthetic
+    images."""
+    vcfg = cfg.updated(list(variant.presets), [*variant.overrides, *extra])
+    return vcfg, bool(variant.synthetic and cfg.diffusion.enabled)
+
+
+def variant_dir(run_dir: Path, variant: Variant, vcfg: Config, synthetic: bool) -> Path:
+    """``<run>/experiments/<slug>-<digest of the model and train sections, synthetic flag>``;
+    a folder with the same digest made under another name (the same classifier in another
+    table) is reused."""
+    tree = vcfg.to_dict()
+    what = json.dumps(
+        {"model": tree["model"], "train": tree["train"], "synthetic": synthetic}, sort_keys=True
+    )
+    digest = hashlib.sha256(what.encode()).hexdigest()[:8]
+    folder = run_dir / "experiments"
+    same = sorted(folder.glob(f"*-{digest}")) if folder.is_dir() else []
+    return same[0] if same else folder / f"{_slug(variant.name)}-{digest}"
+
+
+def _group_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    overall = summary["overall"]
+    out["mAP"], out["mAUC"], out["F1"] = overall["mAP"], overall["mAUC"], overall["macro_F1"]
+    if overall.get("macro_F1_tuned") is not None:
+        out["F1 (tuned thr.)"] = overall["macro_F1_tuned"]
+    for g in ("head", "medium", "tail"):
+        s = summary.get(g) or {}
+        for metric, key in (("mAP", "mAP"), ("mAUC", "mAUC"), ("F1", "macro_F1")):
+            out[f"{g} {metric}"] = s.get(key, math.nan) if s.get("n_classes") else math.nan
+    return out
+
+
+LAYOUT = {
+    "table1": ["mAP", "mAUC", "F1", "F1 (tuned thr.)"],
+    "table2": [f"{g} {m}" for m in ("mAP", "mAUC", "F1") for g in ("head", "medium", "tail")],
+    "table3": ["mAP", "mAUC", "F1", "tail mAP", "tail mAUC"],
+    "table4": ["mAP", "mAUC", "F1", "tail mAP", "tail mAUC"],
+    "table5": ["mAP", "mAUC", "F1", "tail mAP", "tail mAUC"],
+}
+
+
+def table_frame(
+    table: str, rows: list[tuple[Variant, dict[str, float]]], paper: bool
+) -> pd.DataFrame:
+    """The table in the paper's layout; with ``paper``, its numbers beside ours."""
+    records = []
+    for variant, metrics in rows:
+        record: dict[str, Any] = {"method": variant.name}
+        for key, value in variant.columns.items():
+            record[key] = ("✓" if value else "✗") if isinstance(value, bool) else value
+        for col in LAYOUT[table]:
+            record[col] = metrics.get(col, math.nan)
+            if paper:
+                ref = PAPER.get(variant.paper or "", {}).get(col)
+                record[f"{col} (paper)"] = math.nan if ref is None else ref
+        records.append(record)
+    frame = pd.DataFrame(records)
+    if paper:  # drop paper columns the paper has no numbers for in this table
+        empty = [c for c in frame.columns if c.endswith("(paper)") and frame[c].isna().all()]
+        frame = frame.drop(columns=empty)
+    return frame
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in frame.columns) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ExperimentResult:
+    table: str
+    frame: pd.DataFrame
+    csv: Path
+    markdown: Path
+    split: str
+    trained: list[str]
+
+
+def run_experiment(
+    cfg: Config,
+    run_dir: str | Path,
+    table: str,
+    *,
+    extra: list[str] = (),
+    only: list[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExperimentResult:
+    """Train and evaluate what ``table`` needs (skipping finished variants); write the table.
+
+    ``extra``: overrides applied to every variant after its preset (e.g. a smaller
+    ``train.epochs``); ``only``: a subset of the variants, by name.
+    """
+    from trcgl.diffusion import stage as diffusion
+    from trcgl.evaluation.report import evaluate_run
+    from trcgl.pipeline import evaluated_split, prepare_classifier
+    from trcgl.prepare import prepare
+    from trcgl.training.trainer import STAGE_FILE, train
+
+    run_dir = Path(run_dir)
+    variants = variants_for(table)
+    if only is not None:
+        unknown = sorted(set(only) - {v.name for v in variants})
+        if unknown:
+            raise ConfigError(
+                f"no variant(s) {unknown} in {table}; it has {[v.name for v in variants]}"
+            )
+        variants = [v for v in variants if v.name in only]
+    prepare(cfg, run_dir, progress=progress)
+    split = evaluated_split(run_dir)
+    configs = [(v, *variant_config(cfg, v, list(extra))) for v in variants]
+    synthetic_id = None
+    if any(syn for _, _, syn in configs):
+        for key, fn in (
+            ("train", diffusion.train_stage),
+            ("sample", diffusion.sample_stage),
+            ("filter", diffusion.filter_stage),
+        ):
+            if not diffusion.stage_done(run_dir, key):
+                log(f"diffusion {key} ...")
+            record = fn(cfg, run_dir, progress=progress)
+        synthetic_id = record.get("id")
+    rows, trained = [], []
+    for variant, vcfg, synthetic in configs:
+        out = variant_dir(run_dir, variant, vcfg, synthetic)
+        if not prepare_classifier(out, synthetic_id if synthetic else None, STAGE_FILE):
+            log(f"{variant.name}: training in {out}")
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", vcfg.to_yaml())
+            train(vcfg, run_dir, progress=progress, out_dir=out, synthetic=synthetic)
+            trained.append(variant.name)
+        metrics_file = out / "evaluation" / split / "metrics.json"
+        if not metrics_file.is_file():
+            evaluate_run(
+                run_dir,
+                out / "model",
+                split,
+                vcfg.train.batch_size,
+                vcfg.train.num_workers,
+                out_dir=out,
+            )
+        summary = json.loads(metrics_file.read_text())["summary"]
+        rows.append((variant, _group_metrics(summary)))
+    frame = table_frame(table, rows, paper=cfg.data.format == "padchest")
+    folder = run_dir / "experiments"
+    csv, md = folder / f"{table}.csv", folder / f"{table}.md"
+    atomic_write_text(csv, frame.to_csv(index=False))
+    note = (
+        f"\n{cfg.name}, {split} split. F1 at 0.5; F1 (tuned thr.) at per-class thresholds tuned "
+        "on the validation split" + (" (optimistic here)." if split == "val" else ".")
+    )
+    if cfg.data.format == "padchest":
+        note += " Paper: PadChest, its own split (METHOD.md §5)."
+    atomic_write_text(md, f"# {TITLES[table]}\n\n" + markdown_table(frame) + note + "\n")
+    return ExperimentResult(table, frame, csv, md, split, trained)

@@ -1,0 +1,118 @@
+"""`trcgl experiment`: the paper's tables from variants trained on one prepared run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import TINY_DIFFUSION
+from trcgl.cli import app
+from trcgl.config import load_config
+from trcgl.errors import ConfigError
+from trcgl.experiments import (
+    PAPER,
+    run_experiment,
+    table_frame,
+    variant_config,
+    variant_dir,
+    variants_for,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def table5(prepared, tmp_path_factory):
+    run, overrides = prepared
+    copy = tmp_path_factory.mktemp("experiments") / "run"
+    shutil.copytree(run, copy)
+    args = [*overrides, *TINY_DIFFUSION]
+    result = runner.invoke(
+        app, ["experiment", "table5", "-c", "nih-demo", "--run-dir", str(copy), *args]
+    )
+    assert result.exit_code == 0, result.output
+    return copy, args, result.output
+
+
+def test_table5_has_one_row_per_alpha_with_the_variants_metrics(table5):
+    run, args, output = table5
+    frame = pd.read_csv(run / "experiments" / "table5.csv")
+    assert list(frame["α"]) == [0.025, 0.05, 0.1]
+    cfg = load_config("nih-demo", args)
+    for variant, (_, row) in zip(variants_for("table5"), frame.iterrows(), strict=True):
+        vcfg, synthetic = variant_config(cfg, variant, [])
+        assert vcfg.model.alpha == row["α"] and synthetic
+        folder = variant_dir(run, variant, vcfg, synthetic)
+        summary = json.loads((folder / "evaluation" / "val" / "metrics.json").read_text())
+        assert row["mAP"] == pytest.approx(summary["summary"]["overall"]["mAP"])
+        assert json.loads((folder / "train.json").read_text())["synthetic_images"] >= 0
+    markdown = (run / "experiments" / "table5.md").read_text()
+    assert markdown.startswith("# Table 5") and "| α |" in markdown
+    assert "Table 5" in output and "table5.csv" in output
+
+
+def test_shared_variants_are_trained_once(table5, tmp_path):
+    run, args, _ = table5
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config("nih-demo", args)
+    again = run_experiment(cfg, copy, "table5", progress=False, log=lambda line: None)
+    assert again.trained == []
+    # w_syn = 0.5 with α = 0.05 is the default TRCGL-Net: already trained for Table 5.
+    table4 = run_experiment(cfg, copy, "table4", progress=False, log=lambda line: None)
+    assert table4.trained == ["w_syn = 0.25", "w_syn = 0.75"]
+    assert list(table4.frame["w_syn"]) == [0.25, 0.5, 0.75]
+
+
+def test_table1_subset_with_small_backbones(prepared, tmp_path):
+    run, overrides = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config("nih-demo", [*overrides, "diffusion.enabled=false"])
+    result = run_experiment(
+        cfg,
+        copy,
+        "table1",
+        extra=["model.backbone=convnextv2_atto", "model.pretrained=null"],
+        only=["ConvNeXt", "ConvNeXt + CSRA"],
+        progress=False,
+        log=lambda line: None,
+    )
+    assert list(result.frame["method"]) == ["ConvNeXt", "ConvNeXt + CSRA"]
+    assert not any(c.endswith("(paper)") for c in result.frame.columns)  # NIH, not PadChest
+    models = copy.glob("experiments/*/model/config.json")
+    archs = [json.loads(p.read_text())["architecture"] for p in models]
+    assert sorted(archs) == ["csra", "timm"]
+    with pytest.raises(ConfigError, match="no variant"):
+        run_experiment(cfg, copy, "table1", only=["VGG"], log=lambda line: None)
+
+
+def test_ablation_variants_switch_one_thing_each(prepared):
+    _, overrides = prepared
+    cfg = load_config("nih-demo", overrides)
+    configs = {v.name: variant_config(cfg, v, []) for v in variants_for("table3")}
+    full, synthetic = configs["TRCGL-Net"]
+    assert synthetic and full.model.channel_attention and full.model.label_gcn
+    no_att, syn = configs["w/o channel-class attention"]
+    assert syn and not no_att.model.channel_attention and not no_att.model.spatial_attention
+    assert no_att.model.label_gcn
+    no_gcn, syn = configs["w/o label relation"]
+    assert syn and not no_gcn.model.label_gcn and no_gcn.model.channel_attention
+    real, syn = configs["w/o diffusion data"]
+    assert not syn and real.model == full.model
+    base, syn = configs["backbone only"]
+    assert not syn and not (base.model.channel_attention or base.model.label_gcn)
+
+
+def test_paper_numbers_stand_beside_ours_on_padchest():
+    variants = {v.name: v for v in variants_for("table1")}
+    rows = [(variants["TRCGL-Net"], {"mAP": 0.3}), (variants["ResNet-50"], {"mAP": 0.2})]
+    frame = table_frame("table1", rows, paper=True)
+    assert frame.loc[0, "mAP (paper)"] == PAPER["TRCGL-Net"]["mAP"] == 0.4408
+    assert math.isnan(frame.loc[1, "mAP (paper)"])  # no ResNet-50 number in METHOD.md
+    assert "F1 (tuned thr.) (paper)" not in frame  # the paper has none: column dropped
