@@ -113,3 +113,12 @@ def test_training_without_synthetic_images_says_so(prepared):
     with pytest.warns(UserWarning, match="holds no synthetic images"):
         trainer = Trainer(load_config("nih-demo", overrides), run, progress=False)
     assert not trainer.synthetic and not trainer.is_synthetic.any()
+
+
+def test_run_refuses_several_processes(prepared, monkeypatch):
+    from trcgl.errors import ConfigError
+
+    run, overrides = prepared
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="accelerate launch"):
+        run_pipeline(load_config("nih-demo", overrides), run, log=lambda line: None)

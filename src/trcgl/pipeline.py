@@ -14,6 +14,7 @@ is optimistic, and the report says so).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trcgl.config import Config
+from trcgl.errors import ConfigError
 from trcgl.files import atomic_write_text
 
 __all__ = ["STAGES", "PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
@@ -109,6 +111,12 @@ def run_pipeline(
     from trcgl.training.trainer import STAGE_FILE as TRAIN_FILE
     from trcgl.training.trainer import train
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "trcgl run runs in one process. On several GPUs: run `trcgl diffusion train`, "
+            "`sample` and `filter` (one process), then `accelerate launch -m trcgl.cli train "
+            "...`, then `trcgl evaluate` and `trcgl report`"
+        )
     run_dir = Path(run_dir)
     result = PipelineResult(run_dir, "val")
 

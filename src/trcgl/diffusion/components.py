@@ -49,7 +49,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from trcgl.diffusion.text import TINY_TEXT_CONFIG, freeze, load_text_encoder, load_tokenizer
+from trcgl.diffusion.text import (
+    TINY_TEXT_CONFIG,
+    freeze,
+    load_text_encoder,
+    load_tokenizer,
+    quiet_transformers,
+)
 from trcgl.errors import ConfigError
 
 __all__ = [
@@ -517,7 +523,8 @@ def save_components(
             }
             save_file(lora, str(lora_dir / _LORA_WEIGHTS), metadata={"format": "pt"})
         components.vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
-        components.text_encoder.save_pretrained(str(tmp / "text_encoder"))
+        with quiet_transformers():
+            components.text_encoder.save_pretrained(str(tmp / "text_encoder"))
         components.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         components.scheduler.save_pretrained(str(tmp / "scheduler"))
         index = {

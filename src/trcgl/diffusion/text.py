@@ -18,9 +18,11 @@ works as a source for both.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,20 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", "Writing model shards") inside."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_encoder(
     source: str | Path | None,
     config: dict[str, Any] | CLIPTextConfig | None = None,
@@ -207,12 +223,10 @@ def load_text_encoder(
         kwargs["subfolder"] = "text_encoder"
     attempts = [kwargs] if folder.is_dir() else [{}, {"subfolder": "text_encoder"}]
     error: Exception | None = None
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load, in logs too
     for attempt in attempts:
         try:
-            return freeze(CLIPTextModel.from_pretrained(source, **attempt))
+            with quiet_transformers():
+                return freeze(CLIPTextModel.from_pretrained(source, **attempt))
         except Exception as exc:  # OSError offline, ValueError for a wrong checkpoint, ...
             error = exc
     raise ConfigError(
