@@ -154,7 +154,7 @@ def variants_for(table: str) -> list[Variant]:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("α", "alpha")).strip("-")
 
 
 def variant_config(cfg: Config, variant: Variant, extra: list[str]) -> tuple[Config, bool]:
@@ -313,10 +313,12 @@ def run_experiment(
     folder = run_dir / "experiments"
     csv, md = folder / f"{table}.csv", folder / f"{table}.md"
     atomic_write_text(csv, frame.to_csv(index=False))
-    note = (
-        f"\n{cfg.name}, {split} split. F1 at 0.5; F1 (tuned thr.) at per-class thresholds tuned "
-        "on the validation split" + (" (optimistic here)." if split == "val" else ".")
-    )
+    note = f"\n{cfg.name}, {split} split, one seed. F1 at 0.5"
+    if "F1 (tuned thr.)" in frame:
+        note += "; F1 (tuned thr.) at per-class thresholds tuned on the validation split" + (
+            " (optimistic here)" if split == "val" else ""
+        )
+    note += "."
     if cfg.data.format == "padchest":
         note += " Paper: PadChest, its own split (METHOD.md §5)."
     atomic_write_text(md, f"# {TITLES[table]}\n\n" + markdown_table(frame) + note + "\n")

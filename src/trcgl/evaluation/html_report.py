@@ -386,6 +386,9 @@ def _manifest_counts(run: _Run) -> str:
     frame = Manifest.load(path).frame
     counts = frame.groupby(["split", "source"]).size()
     rows = [[split, source, int(n)] for (split, source), n in counts.items()]
+    synthetic = run.run_dir / "synthetic" / "manifest.parquet"
+    if synthetic.is_file():  # the kept synthetic images, beside the real manifest
+        rows.append(["train", "synthetic (kept)", len(Manifest.load(synthetic).frame)])
     return "<h3>Manifest rows by split and source</h3>" + _table(
         ["split", "source", "rows"], rows, table_id="manifest-counts"
     )
