@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstrings reflow into paragraphs
 )
 console = Console()
 
@@ -30,7 +31,7 @@ ConfigOption = Annotated[
     ),
 ]
 RunDirOption = Annotated[
-    Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<config name>).")
+    Path | None, typer.Option("--run-dir", help="Run directory (default: runs/ + the config name).")
 ]
 Overrides = Annotated[
     list[str] | None,
@@ -376,7 +377,7 @@ def experiment(
     ] = None,
 ) -> None:
     """Reproduce one of the paper's tables: train and evaluate each variant on the run's data
-    (finished variants are reused), print the table, write experiments/<table>.csv and .md."""
+    (finished variants are reused), print the table, write experiments/TABLE.csv and .md."""
     from trcgl.experiments import TITLES, run_experiment
 
     try:
@@ -407,6 +408,7 @@ def experiment(
 diffusion_app = typer.Typer(
     help="Prompt-latent diffusion for the tail classes: train, sample, filter (METHOD.md §1).",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 app.add_typer(diffusion_app, name="diffusion")
 ForceOption = Annotated[bool, typer.Option(help="Redo the stage even if it is complete.")]
