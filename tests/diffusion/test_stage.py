@@ -157,3 +157,28 @@ def test_bad_diffusion_config_names_the_key(prepared):
     assert result.exit_code == 2 and "diffusion.image_size" in result.output
     result = _invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.stepz=3")
     assert result.exit_code == 2 and "diffusion.stepz" in result.output
+
+
+def test_a_diffusers_folder_as_source_with_lora(prepared, tmp_path):
+    """The GPU path (diffusion.source = a Stable-Diffusion-style folder, LoRA), on tiny parts."""
+    from trcgl.diffusion.components import LORA_FOLDER, load_components, save_components
+
+    run, overrides = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    base = save_components(load_components(None, {"image_size": 32}), tmp_path / "base-model")
+    args = [
+        *overrides,
+        *TINY_DIFFUSION,
+        f"diffusion.source={base}",
+        "diffusion.unet_mode=lora",
+        "diffusion.lora_rank=2",
+        "diffusion.vae_steps=0",
+    ]
+    cfg = load_config("nih-demo", args)
+    record = stage.train_stage(cfg, copy, progress=False)
+    assert record["source"] == str(base) and record["vae"] is None
+    assert not (copy / "diffusion" / "base").exists()  # no VAE training for a real model
+    assert (copy / "diffusion" / "generator" / LORA_FOLDER).is_dir()
+    sampled = stage.sample_stage(cfg, copy, progress=False)
+    assert sampled["made"] == len(list((copy / "synthetic" / "images").glob("*.png"))) > 0
