@@ -40,6 +40,15 @@ def padchest(padchest_csv: Path) -> ReadResult:
     return read_padchest(padchest_csv)
 
 
+def invoke(*args: str):
+    """Run the ``trcgl`` command line in-process (exceptions propagate)."""
+    from typer.testing import CliRunner
+
+    from trcgl.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
 #: A tiny but complete training configuration (convnextv2_atto at 32 px, 3 steps an epoch).
 TINY_TRAIN = [
     "images.size=32",

@@ -8,10 +8,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import TINY_DIFFUSION
-from trcgl.cli import app
+from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.config import load_config
 from trcgl.errors import ConfigError
 from trcgl.experiments import (
@@ -23,8 +21,6 @@ from trcgl.experiments import (
     variants_for,
 )
 
-runner = CliRunner()
-
 
 @pytest.fixture(scope="module")
 def table5(prepared, tmp_path_factory):
@@ -32,9 +28,7 @@ def table5(prepared, tmp_path_factory):
     copy = tmp_path_factory.mktemp("experiments") / "run"
     shutil.copytree(run, copy)
     args = [*overrides, *TINY_DIFFUSION]
-    result = runner.invoke(
-        app, ["experiment", "table5", "-c", "nih-demo", "--run-dir", str(copy), *args]
-    )
+    result = invoke("experiment", "table5", "-c", "nih-demo", "--run-dir", str(copy), *args)
     assert result.exit_code == 0, result.output
     return copy, args, result.output
 

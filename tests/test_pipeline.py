@@ -6,19 +6,11 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import TINY_DIFFUSION, TINY_TRAIN
-from trcgl.cli import app
+from tests.conftest import TINY_DIFFUSION, TINY_TRAIN, invoke
 from trcgl.config import load_config
 from trcgl.diffusion import stage
 from trcgl.pipeline import run_pipeline
-
-runner = CliRunner()
-
-
-def _invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +19,7 @@ def piped(prepared, tmp_path_factory):
     copy = tmp_path_factory.mktemp("pipeline") / "run"
     shutil.copytree(run, copy)
     args = [*overrides, *TINY_DIFFUSION]
-    result = _invoke("run", "-c", "nih-demo", "--run-dir", str(copy), *args)
+    result = invoke("run", "-c", "nih-demo", "--run-dir", str(copy), *args)
     assert result.exit_code == 0, result.output
     return copy, args, result.output
 
@@ -97,7 +89,7 @@ def test_run_without_diffusion_trains_on_real_images(prepared, tmp_path):
 def test_demo_command_on_the_vendored_sample(tmp_path):
     """The README's demo path, with tiny models so that it takes seconds."""
     out = tmp_path / "demo"
-    result = _invoke("demo", "--run-dir", str(out), *TINY_TRAIN, *TINY_DIFFUSION)
+    result = invoke("demo", "--run-dir", str(out), *TINY_TRAIN, *TINY_DIFFUSION)
     assert result.exit_code == 0, result.output
     for subset in ("overall", "head", "medium", "tail"):
         assert subset in result.output

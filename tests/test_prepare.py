@@ -9,18 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from trcgl.cli import app
+from tests.conftest import invoke
 from trcgl.data.manifest import Manifest
 from trcgl.data.readers import read_nih
 from trcgl.labels.graph import LabelGraph
 
-runner = CliRunner()
-
 
 def _prepare(*args: str):
-    return runner.invoke(app, ["prepare", *args], catch_exceptions=False)
+    return invoke("prepare", *args)
 
 
 @pytest.fixture(scope="module")

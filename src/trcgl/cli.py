@@ -378,7 +378,7 @@ def experiment(
 ) -> None:
     """Reproduce one of the paper's tables: train and evaluate each variant on the run's data
     (finished variants are reused), print the table, write experiments/TABLE.csv and .md."""
-    from trcgl.experiments import TITLES, run_experiment
+    from trcgl.experiments import TITLES, cell, run_experiment
 
     try:
         cfg = load_config(config, overrides or [])
@@ -398,9 +398,7 @@ def experiment(
     for col in frame.columns:
         out.add_column(str(col), justify="left" if col == "method" else "right")
     for row in frame.itertuples(index=False):
-        out.add_row(
-            *(("–" if v != v else f"{v:.4f}") if isinstance(v, float) else str(v) for v in row)
-        )
+        out.add_row(*(cell(v) for v in row))
     console.print(out)
     console.print(f"written to [bold]{result.csv}[/] and [bold]{result.markdown}[/]")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import pandas as pd
 
 from trcgl.config import Config
 from trcgl.errors import ConfigError
-from trcgl.files import atomic_write_text
+from trcgl.files import atomic_write_text, slug
 
 __all__ = ["PAPER", "TABLES", "Variant", "run_experiment", "variants_for"]
 
@@ -153,10 +152,6 @@ def variants_for(table: str) -> list[Variant]:
     raise ConfigError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("α", "alpha")).strip("-")
-
-
 def variant_config(cfg: Config, variant: Variant, extra: list[str]) -> tuple[Config, bool]:
     """The variant's configuration (``extra`` overrides last) and whether it uses synthetic
     images."""
@@ -175,7 +170,7 @@ def variant_dir(run_dir: Path, variant: Variant, vcfg: Config, synthetic: bool) 
     digest = hashlib.sha256(what.encode()).hexdigest()[:8]
     folder = run_dir / "experiments"
     same = sorted(folder.glob(f"*-{digest}")) if folder.is_dir() else []
-    return same[0] if same else folder / f"{_slug(variant.name)}-{digest}"
+    return same[0] if same else folder / f"{slug(variant.name.replace('α', 'alpha'))}-{digest}"
 
 
 def _group_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -222,12 +217,14 @@ def table_frame(
     return frame
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "–" if math.isnan(v) else f"{v:.4f}"
-        return str(v)
+def cell(value: Any) -> str:
+    """A table cell: numbers with 4 decimals, a missing one as "–"."""
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
 
+
+def markdown_table(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(frame.columns) + " |"]
     lines.append("|" + "|".join("---" for _ in frame.columns) + "|")
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
@@ -279,11 +276,7 @@ def run_experiment(
     configs = [(v, *variant_config(cfg, v, list(extra))) for v in variants]
     synthetic_id = None
     if any(syn for _, _, syn in configs):
-        for key, fn in (
-            ("train", diffusion.train_stage),
-            ("sample", diffusion.sample_stage),
-            ("filter", diffusion.filter_stage),
-        ):
+        for key, fn in diffusion.STAGES:
             if not diffusion.stage_done(run_dir, key):
                 log(f"diffusion {key} ...")
             record = fn(cfg, run_dir, progress=progress)

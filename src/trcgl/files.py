@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,3 +57,9 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], object]) -> Non
     """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: lower case, runs of other characters than a–z and 0–9
+    turned into one ``-`` (``"Pleural_Thickening"`` → ``"pleural-thickening"``)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

@@ -26,17 +26,7 @@ from trcgl.config import Config
 from trcgl.errors import ConfigError
 from trcgl.files import atomic_write_text
 
-__all__ = ["STAGES", "PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
-
-STAGES: tuple[str, ...] = (
-    "prepare",
-    "diffusion train",
-    "diffusion sample",
-    "diffusion filter",
-    "train",
-    "evaluate",
-    "report",
-)
+__all__ = ["PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
 
 
 @dataclass
@@ -138,19 +128,15 @@ def run_pipeline(
     result.split = evaluated_split(run_dir)
     use_synthetic = cfg.diffusion.enabled
     if use_synthetic:
-        for name, key, fn in (
-            ("diffusion train", "train", diffusion.train_stage),
-            ("diffusion sample", "sample", diffusion.sample_stage),
-            ("diffusion filter", "filter", diffusion.filter_stage),
-        ):
+        for key, fn in diffusion.STAGES:
             step(
-                name,
+                f"diffusion {key}",
                 diffusion.stage_done(run_dir, key),
                 lambda fn=fn: fn(cfg, run_dir, progress=progress),
             )
         result.synthetic = json.loads((run_dir / diffusion.RECORDS["filter"]).read_text())
     else:
-        result.skipped += ["diffusion train", "diffusion sample", "diffusion filter"]
+        result.skipped += [f"diffusion {key}" for key, _ in diffusion.STAGES]
         log("diffusion: disabled (diffusion.enabled=false), real images only")
     trained = prepare_classifier(run_dir, result.synthetic.get("id"), TRAIN_FILE)
     step("train", trained, lambda: train(cfg, run_dir, progress=progress, synthetic=use_synthetic))

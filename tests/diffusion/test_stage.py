@@ -9,20 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from tests.conftest import TINY_DIFFUSION
-from trcgl.cli import app
+from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.config import load_config
 from trcgl.data.manifest import Manifest
 from trcgl.diffusion import stage
 from trcgl.training.run_data import RunData
-
-runner = CliRunner()
-
-
-def _invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def synthesized(prepared, tmp_path_factory):
     args = [*overrides, *TINY_DIFFUSION]
     outputs = []
     for command in ("train", "sample", "filter"):
-        result = _invoke("diffusion", command, "-c", "nih-demo", "--run-dir", str(copy), *args)
+        result = invoke("diffusion", command, "-c", "nih-demo", "--run-dir", str(copy), *args)
         assert result.exit_code == 0, result.output
         outputs.append(result.output)
     return copy, args, outputs
@@ -146,16 +138,16 @@ def test_sample_before_train_is_a_clear_error(prepared, tmp_path):
     run, overrides = prepared
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    result = _invoke("diffusion", "sample", "-c", "nih-demo", "--run-dir", str(copy), *overrides)
+    result = invoke("diffusion", "sample", "-c", "nih-demo", "--run-dir", str(copy), *overrides)
     assert result.exit_code == 2
     assert "trcgl diffusion train" in result.output
 
 
 def test_bad_diffusion_config_names_the_key(prepared):
     _, overrides = prepared
-    result = _invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.image_size=30")
+    result = invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.image_size=30")
     assert result.exit_code == 2 and "diffusion.image_size" in result.output
-    result = _invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.stepz=3")
+    result = invoke("diffusion", "train", "-c", "nih-demo", *overrides, "diffusion.stepz=3")
     assert result.exit_code == 2 and "diffusion.stepz" in result.output
 
 

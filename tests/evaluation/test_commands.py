@@ -9,15 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
-from typer.testing import CliRunner
 
-from trcgl.cli import app
-
-runner = CliRunner()
-
-
-def _invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
+from tests.conftest import invoke
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +18,7 @@ def evaluated(trained_run, tmp_path_factory):
     run, _ = trained_run
     copy = tmp_path_factory.mktemp("eval") / "run"
     shutil.copytree(run, copy)
-    result = _invoke("evaluate", "--run-dir", str(copy))
+    result = invoke("evaluate", "--run-dir", str(copy))
     assert result.exit_code == 0, result.output
     return copy, result.output
 
@@ -61,7 +54,7 @@ def test_predict_a_folder_in_the_submission_layout(trained_run, nih_sample, tmp_
     for name in names:
         shutil.copy(nih_sample / "images" / name, images / name)
     out = tmp_path / "preds.csv"
-    result = _invoke("predict", "--model", str(run / "model"), str(images), "--out", str(out))
+    result = invoke("predict", "--model", str(run / "model"), str(images), "--out", str(out))
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out)
     assert frame.columns[0] == "ImageID" and list(frame["ImageID"]) == names
@@ -70,9 +63,9 @@ def test_predict_a_folder_in_the_submission_layout(trained_run, nih_sample, tmp_
     assert ((values >= 0) & (values <= 1)).all()
     # a corrupt image: named, or skipped and listed
     (images / names[4]).write_bytes(b"not a png")
-    result = _invoke("predict", "--model", str(run / "model"), str(images), "--out", str(out))
+    result = invoke("predict", "--model", str(run / "model"), str(images), "--out", str(out))
     assert result.exit_code == 2 and names[4] in result.output.replace("\n", "")
-    result = _invoke(
+    result = invoke(
         "predict", "--model", str(run / "model"), str(images), "--out", str(out), "--skip-corrupt"
     )
     assert result.exit_code == 0
@@ -89,7 +82,7 @@ def test_predict_from_a_csv_with_wrong_sizes_and_rgb(trained_run, tmp_path):
     Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8)).save(tmp_path / "b.png")
     pd.DataFrame({"ImageID": ["a.jpg", "b.png"]}).to_csv(tmp_path / "list.csv", index=False)
     out = tmp_path / "p.csv"
-    result = _invoke(
+    result = invoke(
         "predict", "--model", str(run / "model"), str(tmp_path / "list.csv"), "--out", str(out)
     )
     assert result.exit_code == 0, result.output
@@ -99,7 +92,7 @@ def test_predict_from_a_csv_with_wrong_sizes_and_rgb(trained_run, tmp_path):
 def test_explain_writes_fig4_and_fig5(evaluated, nih_sample, tmp_path):
     run, _ = evaluated
     image = nih_sample / "images" / "00000001_001.png"
-    result = _invoke(
+    result = invoke(
         "explain",
         "--model",
         str(run / "model"),
@@ -118,7 +111,7 @@ def test_explain_writes_fig4_and_fig5(evaluated, nih_sample, tmp_path):
 
 def test_evaluate_without_a_model_folder_is_a_clear_error(prepared):
     run, _ = prepared
-    result = _invoke("evaluate", "--run-dir", str(run))
+    result = invoke("evaluate", "--run-dir", str(run))
     assert result.exit_code == 2 and "not a model folder" in result.output
 
 

@@ -71,6 +71,17 @@ class Manifest:
             mask &= self.frame["source"] == source
         return Manifest(self.frame[mask], self.classes)
 
+    def extended(self, rows: pd.DataFrame) -> Manifest:
+        """This manifest followed by ``rows`` (its columns), keeping this manifest's column
+        types (string, uint8, float) where the concatenation would change them."""
+        if len(rows) == 0:
+            return self
+        merged = pd.concat([self.frame, rows[list(self.frame.columns)]], ignore_index=True)
+        for name in self.frame.columns:
+            if merged[name].dtype != self.frame[name].dtype:
+                merged[name] = merged[name].astype(self.frame[name].dtype)
+        return Manifest(merged, self.classes)
+
     def save(self, path: str | Path) -> None:
         """Write the manifest as parquet (atomically), class order in the file's metadata."""
         table = pa.Table.from_pandas(self.frame, preserve_index=False)

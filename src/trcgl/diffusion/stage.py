@@ -38,7 +38,6 @@ import copy
 import json
 import logging
 import math
-import re
 import shutil
 import time
 import uuid
@@ -51,13 +50,15 @@ import torch
 
 from trcgl.config import Config, resolve_path
 from trcgl.data.cache import build_image_cache, cached_path
+from trcgl.data.images import read_image
 from trcgl.data.manifest import Manifest
 from trcgl.errors import ConfigError, DataError
-from trcgl.files import atomic_write_text
+from trcgl.files import atomic_write_text, slug
 from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
 
 __all__ = [
     "SAMPLE_CHUNK",
+    "STAGES",
     "filter_stage",
     "load_generator",
     "plan_for_run",
@@ -137,17 +138,15 @@ def _target(cfg: Config, info: dict[str, Any]) -> int:
     return math.ceil(float(info["groups"]["tail_below"]))
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "class"
-
-
-def plan_for_run(cfg: Config, run_dir: str | Path, tokenizer: Any = None) -> pd.DataFrame:
+def plan_for_run(
+    cfg: Config, run_dir: str | Path, tokenizer: Any = None, data: RunData | None = None
+) -> pd.DataFrame:
     """The tail planner's rows for this run (capped at ``max_per_class``), with image ids
-    ``syn_<class>_<k>``."""
+    ``syn_<class>_<k>``; ``data``: the run, if already loaded."""
     from trcgl.diffusion.planner import plan_synthesis
 
     run_dir = Path(run_dir)
-    data = RunData.load(run_dir)
+    data = data or RunData.load(run_dir)
     info = _info(run_dir)
     tail = list(info["groups"]["tail"])
     plan = plan_synthesis(
@@ -162,7 +161,8 @@ def plan_for_run(cfg: Config, run_dir: str | Path, tokenizer: Any = None) -> pd.
     if cap is not None and len(plan):
         plan = plan.groupby("target_class", sort=False).head(cap).reset_index(drop=True)
     counter = plan.groupby("target_class", sort=False).cumcount()
-    ids = [f"syn_{_slug(c)}_{k:05d}" for c, k in zip(plan["target_class"], counter, strict=True)]
+    names = plan["target_class"]
+    ids = [f"syn_{slug(c) or 'class'}_{k:05d}" for c, k in zip(names, counter, strict=True)]
     plan.insert(0, "image_id", ids)
     return plan
 
@@ -200,11 +200,11 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _dataset(cfg: Config, run_dir: Path, progress: bool, tokenizer: Any):
+def _dataset(cfg: Config, data: RunData, progress: bool, tokenizer: Any):
     from trcgl.diffusion.prompts import prompts_for_manifest
     from trcgl.diffusion.train import PromptImageDataset
 
-    data = RunData.load(run_dir)
+    run_dir = data.run_dir
     info = _info(run_dir)
     rows = _training_rows(cfg, data, list(info["groups"]["tail"]))
     if len(rows) == 0:
@@ -283,14 +283,15 @@ def train_stage(
         return _record(run_dir, "train") or {}
     started = time.time()
     d = cfg.diffusion
-    plan = plan_for_run(cfg, run_dir)
+    data = RunData.load(run_dir)
+    plan = plan_for_run(cfg, run_dir, data=data)
     if plan.empty:
         return _write_record(
             run_dir, "train", {"skipped": "no tail class needs synthetic images"}, started
         )
     source = _source(cfg)
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
-    dataset, rows = _dataset(cfg, run_dir, progress, tokenizer)
+    dataset, rows = _dataset(cfg, data, progress, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     components = load_components(source) if source else _tiny_base(cfg, out, dataset)
     conditioner = PromptConditioner(
@@ -415,12 +416,6 @@ def sample_stage(
 
 
 # -- filter ---------------------------------------------------------------------------------------
-def _read_gray(path: Path) -> np.ndarray:
-    from trcgl.data.images import read_image
-
-    return read_image(path)
-
-
 def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path, Path]:
     """The filter's model folder, and its validation evaluation folder (trained here on real
     images unless ``diffusion.filter_model`` names one)."""
@@ -500,10 +495,10 @@ def filter_stage(
     batch = cfg.train.batch_size
     for start in range(0, len(rows), 512):
         part = rows.frame.iloc[start : start + 512]
-        images = [_read_gray(cached_path(data.cache_root, p)) for p in part["image"]]
+        images = [read_image(cached_path(data.cache_root, p)) for p in part["image"]]
         vectors.append(features(model, images, batch))
     reference = ReferenceFeatures(np.concatenate(vectors), tuple(rows.frame["image_id"]))
-    synthetic = [_read_gray(out / "images" / f"{i}.png") for i in plan["image_id"]]
+    synthetic = [read_image(out / "images" / f"{i}.png") for i in plan["image_id"]]
     bound = d.max_similarity
     if bound is None:
         bound = similarity_bound(reference, rows.frame["patient_id"].tolist(), seed=d.seed)
@@ -545,3 +540,7 @@ def filter_stage(
         "filter_model_val": evaluated.get("summary", {}).get("overall"),
     }
     return _write_record(run_dir, "filter", payload, started)
+
+
+#: The stages in order, by their record name: what ``trcgl run`` and the experiments run.
+STAGES = (("train", train_stage), ("sample", sample_stage), ("filter", filter_stage))

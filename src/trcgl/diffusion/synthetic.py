@@ -102,13 +102,7 @@ def append_synthetic(
     old = frame.copy()
     if "prompt" not in old:
         old["prompt"] = pd.Series([None] * len(old), dtype=object)
-    if len(new) == 0:
-        return Manifest(old, manifest.classes)
-    merged = pd.concat([old, new[old.columns]], ignore_index=True)
-    for name in old.columns:  # keep the real rows' column types (string, uint8, float)
-        if merged[name].dtype != old[name].dtype:
-            merged[name] = merged[name].astype(old[name].dtype)
-    return Manifest(merged, manifest.classes)
+    return Manifest(old, manifest.classes).extended(new)
 
 
 def _repeats(values: Sequence[str]) -> set[str]:

@@ -231,6 +231,14 @@ def _choose_split(run_dir: Path, split: str | None) -> str | None:
     return None
 
 
+def _groups_from(frame: pd.DataFrame, group_of: dict[str, str]) -> None:
+    """Add the ``class`` → ``group`` pairs of a table that has both columns."""
+    if "group" in frame:
+        for c, g in zip(frame["class"].astype(str), frame["group"], strict=True):
+            if isinstance(g, str):
+                group_of.setdefault(c, g)
+
+
 def _load_run(run_dir: Path, split: str | None) -> _Run:
     info = _read_json(run_dir / "label_stats.json")
     classes: list[str] = list(info.get("classes", [])) if info else []
@@ -243,19 +251,13 @@ def _load_run(run_dir: Path, split: str | None) -> _Run:
     if stats.is_file():
         frame = pd.read_csv(stats)
         classes = classes or frame["class"].astype(str).tolist()
-        if "group" in frame:
-            for c, g in zip(frame["class"].astype(str), frame["group"], strict=True):
-                if isinstance(g, str):
-                    group_of.setdefault(c, g)
+        _groups_from(frame, group_of)
     chosen = _choose_split(run_dir, split)
     per_class = run_dir / "evaluation" / str(chosen) / "per_class.csv"
     if per_class.is_file():
         frame = pd.read_csv(per_class)
         classes = classes or frame["class"].astype(str).tolist()
-        if "group" in frame:
-            for c, g in zip(frame["class"].astype(str), frame["group"], strict=True):
-                if isinstance(g, str):
-                    group_of.setdefault(c, g)
+        _groups_from(frame, group_of)
     return _Run(run_dir, chosen, info, classes, group_of)
 
 

@@ -98,10 +98,7 @@ def with_synthetic(manifest: Manifest, run_dir: Path) -> Manifest:
     extra = Manifest.load(path)
     if tuple(extra.classes) != tuple(manifest.classes):
         raise DataError("synthetic rows have other classes than the manifest", path=path)
-    if extra.frame.empty:
-        return manifest
-    frame = pd.concat([manifest.frame, extra.frame], ignore_index=True)
-    for name in manifest.frame.columns:
-        if frame[name].dtype != manifest.frame[name].dtype:
-            frame[name] = frame[name].astype(manifest.frame[name].dtype)
-    return Manifest(frame, manifest.classes)
+    frame = manifest.frame.copy()
+    for name in extra.frame.columns.difference(frame.columns):  # e.g. the synthetic prompts
+        frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return Manifest(frame, manifest.classes).extended(extra.frame)
