@@ -14,6 +14,7 @@ from rich.table import Table
 
 from trcgl.config import load_config, preset_names
 from trcgl.errors import TrcglError
+from trcgl.run_dir import RunDir
 
 app = typer.Typer(
     help="TRCGL-Net: long-tailed multi-label chest X-ray classification.",
@@ -25,9 +26,12 @@ app = typer.Typer(
 console = Console()
 
 ConfigOption = Annotated[
-    str,
+    list[str],
     typer.Option(
-        "--config", "-c", help="YAML file, or a preset name: " + ", ".join(preset_names())
+        "--config",
+        "-c",
+        help="YAML file or preset name, repeatable: later ones override earlier ones, then "
+        "key=value overrides. Presets: " + ", ".join(preset_names()),
     ),
 ]
 RunDirOption = Annotated[
@@ -413,7 +417,7 @@ ForceOption = Annotated[bool, typer.Option(help="Redo the stage even if it is co
 
 
 def _diffusion_stage(
-    name: str, config: str, overrides: list[str] | None, run_dir: Path | None, force: bool
+    name: str, config: list[str], overrides: list[str] | None, run_dir: Path | None, force: bool
 ) -> tuple[dict, Path]:
     """Prepare the run if needed, then run one diffusion stage; errors end the command."""
     from trcgl.diffusion import stage
@@ -436,7 +440,7 @@ def diffusion_train(
     force: ForceOption = False,
 ) -> None:
     """Train the generator (Eq. 3) on the run's real tail images; resumes a killed run."""
-    record, _ = _diffusion_stage("train", config, overrides, run_dir, force)
+    record, out = _diffusion_stage("train", config, overrides, run_dir, force)
     if record.get("skipped"):
         console.print(f"[yellow]nothing to train:[/] {record['skipped']}")
         return
@@ -444,7 +448,7 @@ def diffusion_train(
         f"generator trained on {record['images']:,} images, {record['steps']} steps: loss "
         f"(Eq. 3, fixed batch) {record['loss_before']:.4f} → {record['loss_after']:.4f}"
     )
-    console.print(f"generator: [bold]{record['generator']}[/]")
+    console.print(f"generator: [bold]{RunDir(out).resolve(record['generator'])}[/]")
 
 
 @diffusion_app.command("sample")

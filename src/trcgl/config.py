@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -399,9 +400,18 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown configuration key {full!r}; known: {sorted(names)}")
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f"; did you mean {_dotted(prefix, close[0])!r}?" if close else ""
+            raise ConfigError(
+                f"unknown configuration key {full!r}{hint} (known in "
+                f"{prefix or 'the top level'}: {', '.join(sorted(names))})"
+            )
         kwargs[key] = _check_type(value, hints[key], full)
     return cls(**kwargs)
+
+
+def _dotted(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -458,13 +468,18 @@ def load_config(
     names_or_paths: str | Path | list[str | Path] | None = None, overrides: list[str] = ()
 ) -> Config:
     """Read YAML files or shipped presets (later ones update earlier ones, section by
-    section), apply ``key=value`` overrides, validate."""
+    section), apply ``key=value`` overrides, validate.
+
+    The run's ``name`` (the default run directory is ``runs/<name>``) is the first layer's;
+    a later layer that does not set one appends its file name: ``-c padchest -c
+    baselines/resnet50`` is ``padchest-resnet50``, so layering never reuses another run's
+    directory by accident."""
     if names_or_paths is None:
         names_or_paths = []
     elif isinstance(names_or_paths, str | Path):
         names_or_paths = [names_or_paths]
     tree: dict[str, Any] = {}
-    for item in names_or_paths:
+    for i, item in enumerate(names_or_paths):
         path = _preset_or_path(item)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -472,7 +487,11 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-        tree = _merge(tree, loaded or {})
+        loaded = dict(loaded or {})
+        if i > 0 and "name" not in loaded and "name" in tree:
+            # A layer that does not name the run extends the name: padchest-resnet50.
+            loaded["name"] = f"{tree['name']}-{Path(str(item)).stem}"
+        tree = _merge(tree, loaded)
     for key, value in parse_overrides(list(overrides)):
         _set(tree, key, value)
     config = _build(Config, tree)

@@ -51,6 +51,7 @@ from trcgl.evaluation.figures import plot_label_statistics
 from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.labels.groups import FrequencyGroups, frequency_groups
+from trcgl.run_dir import RunDir
 
 STAGE_FILE = "prepare.json"
 FORMAT_VOCABULARY = {"cxrlt": "cxrlt30", "padchest": "cxrlt30", "nih": "nih15"}
@@ -197,7 +198,7 @@ def compute(config: Config, result: ReadResult) -> Prepared:
     info: dict[str, Any] = {
         "trcgl_version": __version__,
         "config_digest": _config_digest(config),
-        "labels_csv": str(result.source),
+        "labels_csv": str(Path(result.source).absolute()),
         "format": config.data.format,
         "mapping": config.data.mapping if config.data.format == "padchest" else None,
         "classes": list(manifest.classes),
@@ -264,13 +265,13 @@ def prepare(
             bad = {img for img, _ in report.skipped}
             result = result.keep(~result.manifest.frame["image"].isin(bad).to_numpy())
         cache = {
-            "root": str(cache_root),
+            "root": RunDir(run_dir).store(cache_root),
             "size": config.images.size,
             "written": report.written,
             "already_present": report.already_present,
         }
     prepared = compute(config, result)
-    prepared.info["image_root"] = None if image_root is None else str(image_root)
+    prepared.info["image_root"] = None if image_root is None else str(image_root.absolute())
     prepared.info["cache"] = cache
     prepared.info["skipped_images"] = len(skipped)
     _write(run_dir, config, prepared, skipped, started)

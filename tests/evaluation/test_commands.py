@@ -112,7 +112,10 @@ def test_explain_writes_fig4_and_fig5(evaluated, nih_sample, tmp_path):
 def test_evaluate_without_a_model_folder_is_a_clear_error(prepared):
     run, _ = prepared
     result = invoke("evaluate", "--run-dir", str(run))
-    assert result.exit_code == 2 and "not a model folder" in result.output
+    assert result.exit_code == 2, result.output
+    assert "has no trained model" in result.output and "trcgl train" in result.output
+    other = invoke("evaluate", "--run-dir", str(run), "--model", str(run))
+    assert other.exit_code == 2 and "not a model folder" in other.output
 
 
 def test_explain_a_model_without_attention_maps_gives_fig5_only(nih_sample, tmp_path):

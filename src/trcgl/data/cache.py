@@ -55,6 +55,7 @@ from PIL import Image
 from trcgl.data.images import read_image
 from trcgl.errors import ConfigError, DataError, ImageReadError
 from trcgl.files import atomic_path, atomic_write_text
+from trcgl.progress import progress as progress_reporter
 
 __all__ = [
     "CACHE_INFO_NAME",
@@ -226,7 +227,7 @@ def build_image_cache(
         size: output side in pixels.
         workers: worker processes; ``1`` runs in this process.
         skip_corrupt: skip unreadable inputs (listed in the report) instead of raising.
-        progress: show a ``rich`` progress bar.
+        progress: a bar on a terminal, plain lines elsewhere.
         rows: optional manifest row labels, one per image, quoted in error messages.
 
     Returns:
@@ -314,25 +315,11 @@ def build_image_cache(
 
 @contextlib.contextmanager
 def _progress_bar(enabled: bool, total: int, size: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a ``rich`` progress bar when enabled, else a no-op."""
-    if not enabled or total == 0:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
+    """Yield ``advance(n)``: a bar on a terminal, plain lines elsewhere, a no-op if disabled."""
+    reporter = progress_reporter(
+        f"caching images at {size} px", total, unit="images", enabled=enabled
     )
-
-    with Progress(
-        TextColumn(f"caching images at {size} px"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ) as bar:
-        task = bar.add_task("cache", total=total)
-        yield lambda n: bar.advance(task, n)
+    try:
+        yield reporter.advance
+    finally:
+        reporter.close()

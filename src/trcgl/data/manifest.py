@@ -1,7 +1,7 @@
 """The manifest: one table, one row per image, that every reader returns.
 
-Columns, in order: ``image`` (path relative to the image root, or absolute), ``image_id`` (the
-name used in submissions, e.g. CXR-LT's ``ImageID``), ``patient_id``, ``view``, ``split``
+Columns, in order: ``image`` (path relative to the image root, never outside it),
+``image_id`` (the name used in submissions, e.g. CXR-LT's ``ImageID``), ``patient_id``, ``view``, ``split``
 (``train`` / ``val`` / ``test``), ``source`` (``real`` / ``synthetic``), ``weight`` (per-sample
 loss weight), optional text columns (``localizations``: PadChest's English
 ``LabelsLocalizationsBySentence``; ``prompt``), then one 0/1 column per class, named by the
@@ -12,6 +12,7 @@ manifest is self-describing.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,29 @@ META_COLUMNS: tuple[str, ...] = (
 TEXT_COLUMNS: tuple[str, ...] = ("localizations", "prompt")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _METADATA_KEY = b"trcgl.classes"
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an image path relative to an image root, or ``None``: it is
+    absolute (``/x``, ``\\x``, ``C:x``) or climbs out with a ``..`` part."""
+    text = str(value).strip()
+    if text.startswith(("/", "\\")) or _DRIVE.match(text):
+        return "is an absolute path; image paths must be relative to the image root"
+    if ".." in re.split(r"[/\\]", text):
+        return "leaves the image root (a '..' part)"
+    return None
+
+
+def checked_relative(value: str, source: str | Path, row: int, column: str) -> str:
+    """``value`` if it is a path inside its root, else a :class:`DataError` naming the file,
+    (1-based) row and column."""
+    problem = path_problem(value)
+    if problem:
+        raise DataError(f"{value!r} {problem}", path=source, row=row, column=column)
+    return value
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trcgl.data.manifest import Manifest, build_manifest
+from trcgl.data.manifest import Manifest, build_manifest, checked_relative, path_problem
 from trcgl.data.vocab import CXRLT_CLASSES, NIH_CLASSES, FindingMapping, load_mapping
 from trcgl.errors import DataError
 
@@ -77,6 +77,14 @@ def _require(df: pd.DataFrame, columns: Iterable[str], path: Path) -> None:
         raise DataError(
             f"missing column(s) {missing}; found {list(df.columns)}", path=path, column=missing[0]
         )
+
+
+def _check_paths(df: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    """Every image path stays inside the image root (no absolute path, no ``..``)."""
+    for column in columns:
+        for i, value in enumerate(df[column]):
+            if path_problem(value):
+                checked_relative(value, path, _line(i), column)
 
 
 def _check_ids(df: pd.DataFrame, image_col: str, patient_col: str, path: Path) -> None:
@@ -162,6 +170,7 @@ def read_cxrlt(path: str | Path, classes: Sequence[str] = CXRLT_CLASSES) -> Read
     df = _read_csv(path)
     _require(df, ["ImageID", "PatientID", *classes], path)
     _check_ids(df, "ImageID", "PatientID", path)
+    _check_paths(df, ["ImageID"], path)
     labels = _binary_matrix(df, classes, path)
     records = pd.DataFrame(
         {"image": df["ImageID"], "image_id": df["ImageID"], "patient_id": df["PatientID"]}
@@ -175,6 +184,7 @@ def read_nih(path: str | Path, classes: Sequence[str] = NIH_CLASSES) -> ReadResu
     df = _read_csv(path)
     _require(df, ["Image Index", "Finding Labels", "Patient ID"], path)
     _check_ids(df, "Image Index", "Patient ID", path)
+    _check_paths(df, ["Image Index"], path)
     lists = _pipe_lists(df["Finding Labels"], path, "Finding Labels", allow_empty=False)
     labels = _multi_hot(lists, classes, path, "Finding Labels")
     records = pd.DataFrame(
@@ -197,6 +207,7 @@ def read_plain(path: str | Path, classes: Sequence[str]) -> ReadResult:
     if "image_id" not in df:
         df["image_id"] = [Path(p).name for p in df["image"]]
     _check_ids(df, "image_id", "patient_id", path)
+    _check_paths(df, ["image"], path)
     lists = _pipe_lists(df["labels"], path, "labels", allow_empty=True)
     labels = _multi_hot(lists, classes, path, "labels")
     records = df[["image", "image_id", "patient_id"]].copy()
@@ -235,6 +246,7 @@ def read_padchest(
     df = _read_csv(path)
     _require(df, ["ImageID", "ImageDir", "PatientID", "Projection", "Labels"], path)
     _check_ids(df, "ImageID", "PatientID", path)
+    _check_paths(df, ["ImageDir", "ImageID"], path)
     index = {c: j for j, c in enumerate(classes)}
     parsed: dict[str, list[str]] = {}
     keep = np.ones(len(df), dtype=bool)

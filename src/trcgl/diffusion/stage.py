@@ -54,6 +54,8 @@ from trcgl.data.images import read_image
 from trcgl.data.manifest import Manifest
 from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_write_text, slug
+from trcgl.progress import runtime_line, say
+from trcgl.run_dir import RunDir
 from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
 
 __all__ = [
@@ -222,7 +224,7 @@ def _dataset(cfg: Config, data: RunData, progress: bool, tokenizer: Any):
     return dataset, rows
 
 
-def _tiny_base(cfg: Config, out: Path, dataset: Any) -> Any:
+def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> Any:
     """The tiny generator with its VAE trained on the real images (once; saved to ``base/``)."""
     from torch.utils.data import DataLoader
 
@@ -242,7 +244,9 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any) -> Any:
         generator=torch.Generator().manual_seed(d.seed),
     )
     started = time.time()
-    losses = train_vae(components.vae, loader, d.vae_steps, lr=d.vae_lr, seed=d.seed)
+    losses = train_vae(
+        components.vae, loader, d.vae_steps, lr=d.vae_lr, seed=d.seed, progress=progress
+    )
     factor = fit_scaling_factor(components.vae, loader, seed=d.seed)
     components.vae.to("cpu")
     save_components(components, base)
@@ -293,7 +297,7 @@ def train_stage(
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
     dataset, rows = _dataset(cfg, data, progress, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    components = load_components(source) if source else _tiny_base(cfg, out, dataset)
+    components = load_components(source) if source else _tiny_base(cfg, out, dataset, progress)
     conditioner = PromptConditioner(
         components.text_encoder, components.tokenizer, num_context=d.num_context
     )
@@ -324,7 +328,7 @@ def train_stage(
         run_dir,
         "train",
         {
-            "generator": str(generator),
+            "generator": RunDir(run_dir).store(generator),
             "source": source or "tiny",
             "images": len(rows),
             "loss_before": summary["loss_before"],
@@ -380,6 +384,9 @@ def sample_stage(
     conditioner.to(device)
     images_dir = out / "images"
     made = 0
+    chunks = -(-len(plan) // SAMPLE_CHUNK)
+    if progress:
+        say(runtime_line("sampling", device, "fp32"))
     for chunk, start in enumerate(range(0, len(plan), SAMPLE_CHUNK)):
         part = plan.iloc[start : start + SAMPLE_CHUNK]
         if all((images_dir / f"{i}.png").is_file() for i in part["image_id"]):
@@ -398,7 +405,11 @@ def sample_stage(
         )
         save_pngs(images, images_dir, part["image_id"].tolist())
         made += len(images)
-        log.info("sampled %d / %d synthetic images", start + len(part), len(plan))
+        if progress:
+            say(
+                f"sampling (Eq. 4–6): chunk {chunk + 1}/{chunks}, "
+                f"{start + len(part):,}/{len(plan):,} images, {time.time() - started:.0f} s"
+            )
     return _write_record(
         run_dir,
         "sample",
@@ -536,7 +547,7 @@ def filter_stage(
         **summary,
         "w_syn": cfg.train.w_syn,
         "similarity_calibrated": d.max_similarity is None,
-        "filter_model": str(model_dir),
+        "filter_model": RunDir(run_dir).store(model_dir),
         "filter_model_val": evaluated.get("summary", {}).get("overall"),
     }
     return _write_record(run_dir, "filter", payload, started)

@@ -49,7 +49,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from rich.progress import TextColumn
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -61,7 +60,8 @@ from trcgl.diffusion.components import Components, add_lora, encode_latents, has
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError, DataError, TrcglError
 from trcgl.files import atomic_write_text
-from trcgl.progress import progress_bar
+from trcgl.progress import progress as progress_reporter
+from trcgl.progress import runtime_line, say
 from trcgl.training.checkpoint import load_optimizer, optimizer_tensors, restore_rng, rng_state
 from trcgl.training.precision import resolve_mixed_precision
 
@@ -542,7 +542,8 @@ def train_generator(
         config: the :class:`GeneratorTrainConfig`.
         out_dir: checkpoints, ``loss.jsonl``, ``train.json`` and ``context.safetensors`` go
             here; with ``resume`` (default) a run with a checkpoint here continues from it.
-        progress: show a ``rich`` progress bar.
+        progress: report the device and precision, then progress (a bar on a terminal,
+            plain lines elsewhere).
 
     Returns:
         The summary also written to ``train.json``: ``loss_before`` / ``loss_after`` (Eq. 3 on a
@@ -629,6 +630,8 @@ def train_generator(
     step = start
     unet.train()
     conditioner.train()
+    if progress:
+        say(runtime_line("generator training", device, accelerator.mixed_precision))
     bar = _progress(progress, config.steps, start)
     try:
         for images, batch_prompts in loader:
@@ -720,17 +723,16 @@ def _check_resumable(saved: dict[str, Any], config: GeneratorTrainConfig, path: 
 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:
-    """``update(step, loss)`` for a rich progress bar (``update(None, None)`` closes it)."""
-    bar = progress_bar("generator (Eq. 3)", TextColumn("loss {task.fields[loss]}"))
-    if not enabled or total <= start or bar is None:
-        return lambda step, loss: None
-    task = bar.add_task("train", total=total, completed=start, loss="—")
-    bar.start()
+    """``update(step, loss)`` for the generator's steps: a bar on a terminal, a plain line
+    every ~5 % of the steps elsewhere (``update(None, None)`` closes it)."""
+    reporter = progress_reporter(
+        "generator (Eq. 3)", total, start=start, unit="steps", enabled=enabled
+    )
 
     def update(step: int | None, loss: float | None) -> None:
         if step is None:
-            bar.stop()
+            reporter.close()
             return
-        bar.update(task, completed=step, loss=f"{loss:.4f}")
+        reporter.update(step, loss=float(loss))
 
     return update

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from trcgl.diffusion.components import to_vae_input
 from trcgl.errors import ConfigError, TrcglError
+from trcgl.progress import progress as progress_reporter
 
 __all__ = ["fit_scaling_factor", "train_vae"]
 
@@ -63,6 +64,7 @@ def train_vae(
     kl_weight: float = 1e-6,
     grad_clip: float = 1.0,
     log_every: int = 50,
+    progress: bool = False,
 ) -> list[float]:
     """Train ``vae`` for ``steps`` AdamW steps on batches of grayscale images in [-1, 1].
 
@@ -77,6 +79,7 @@ def train_vae(
         kl_weight: weight of the summed KL(q(z|x) ‖ N(0, I)) relative to the summed L1 error.
         grad_clip: gradient-norm clip (0 turns it off).
         log_every: log the running loss every so many steps (0: never).
+        progress: a bar on a terminal, plain lines elsewhere.
 
     Returns:
         The loss of every step: mean |x̂ − x| + kl_weight · KL_sum / (C·S·S).
@@ -92,6 +95,7 @@ def train_vae(
     in_channels = int(vae.config.in_channels)
     losses: list[float] = []
     batches = _cycle(images_iterable)
+    reporter = progress_reporter("VAE", int(steps), unit="steps", enabled=progress)
     try:
         for step in range(int(steps)):
             x = to_vae_input(next(batches).to(device=device, dtype=torch.float32), in_channels)
@@ -110,10 +114,12 @@ def train_vae(
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             losses.append(float(loss.item()))
+            reporter.update(step + 1, loss=sum(losses[-20:]) / len(losses[-20:]))
             if log_every and (step + 1) % log_every == 0:
                 recent = losses[-log_every:]
                 log.info("VAE step %d: loss %.4f", step + 1, sum(recent) / len(recent))
     finally:
+        reporter.close()
         vae.requires_grad_(False)
         vae.eval()
     return losses

@@ -59,6 +59,7 @@ from PIL import Image
 import trcgl
 from trcgl.evaluation.figures import GROUP_COLOURS
 from trcgl.files import atomic_write_text
+from trcgl.run_dir import RunDir
 
 __all__ = ["REPORT_NAME", "write_report"]
 
@@ -726,14 +727,8 @@ def _pick_images(run: _Run, frame: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def _cache_root(run: _Run) -> Path | None:
-    cache = (run.info or {}).get("cache")
-    if not cache:
-        return None
-    root = Path(cache["root"])
-    if root.is_dir():
-        return root
-    moved = run.run_dir / "cache" / str(cache.get("size", ""))  # a copied or moved run
-    return moved if moved.is_dir() else None
+    root = RunDir(run.run_dir).cache_root(run.info or {})
+    return root if root is not None and root.is_dir() else None
 
 
 def _explanations(run: _Run, n_images: int) -> str:

@@ -11,33 +11,63 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trcgl.data.images import read_image
-from trcgl.data.transforms import build_transform
+from trcgl.data.cache import resize_square
+from trcgl.data.images import is_dicom, read_image
+from trcgl.data.manifest import checked_relative
+from trcgl.data.transforms import build_transform, to_gray_uint8
 from trcgl.errors import DataError, ImageReadError
 from trcgl.models.base import Classifier
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 
 
-def model_transform(model: Classifier, size: int | None = None):
-    """The evaluation transform the model was trained with (size, mean, std)."""
+class ModelInput:
+    """Any decoded radiograph → the model's input tensor, through the training data's path:
+    the cache's resize (:func:`~trcgl.data.cache.resize_square`, Lanczos) to the model's input
+    size, then the evaluation transform. A new image therefore reaches the model with the same
+    pixels as a training image that went through the image cache."""
+
+    def __init__(self, size: int, mean, std) -> None:
+        self.size = int(size)
+        self.transform = build_transform(self.size, False, mean=mean, std=std)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        gray = to_gray_uint8(image)
+        return self.transform(np.asarray(resize_square(gray, self.size)))
+
+
+def model_transform(model: Classifier, size: int | None = None) -> ModelInput:
+    """The input path the model was trained with (size, mean, std): see :class:`ModelInput`."""
     pre = model.preprocessing or {}
     mean, std = model.normalization
     size = size or pre.get("image_size")
     if size is None:
         raise DataError("the model folder does not record its input size; pass --size")
-    return build_transform(int(size), False, mean=pre.get("mean", mean), std=pre.get("std", std))
+    return ModelInput(int(size), mean=pre.get("mean", mean), std=pre.get("std", std))
 
 
 def list_images(source: str | Path, image_root: str | Path | None = None) -> pd.DataFrame:
     """Images to predict: a folder (searched recursively) or a CSV with an ``image`` or
-    ``ImageID`` column (paths relative to ``image_root`` or to the CSV's folder)."""
+    ``ImageID`` column (paths relative to ``image_root`` or to the CSV's folder).
+
+    In a folder, an image is a file with a suffix of :data:`IMAGE_SUFFIXES` or a DICOM file
+    of any name (``DICM`` at byte 128, as PACS exports often have no suffix); hidden files are
+    skipped. Its ``ImageID`` is its path relative to the folder (the file name in a flat
+    folder), so equal names in different subfolders stay apart. A CSV's relative paths must
+    stay inside their root."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(source).parts)
+            and (p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p))
+        )
         if not files:
-            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found", path=source)
-        return pd.DataFrame({"image_id": [p.name for p in files], "path": [str(p) for p in files]})
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)} or DICOM) found", path=source)
+        ids = [p.relative_to(source).as_posix() for p in files]
+        return pd.DataFrame({"image_id": ids, "path": [str(p) for p in files]})
     if not source.is_file():
         raise DataError("not found", path=source)
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
@@ -45,8 +75,17 @@ def list_images(source: str | Path, image_root: str | Path | None = None) -> pd.
     if column is None:
         raise DataError("needs an 'image' or 'ImageID' column", path=source)
     root = Path(image_root) if image_root is not None else source.parent
-    paths = [str(p if Path(p).is_absolute() else root / p) for p in frame[column]]
-    ids = frame["ImageID"] if "ImageID" in frame else [Path(p).name for p in frame[column]]
+    paths = []
+    for row, value in enumerate(frame[column], start=1):
+        if Path(value).is_absolute() and image_root is None:
+            paths.append(value)  # a CSV of absolute paths, with no root to stay inside
+            continue
+        paths.append(str(root / checked_relative(value, source, row, column)))
+    ids = frame["ImageID"] if "ImageID" in frame else list(frame[column])
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(list(ids)).duplicated()
+        row = int(dup.to_numpy().argmax()) + 1
+        raise DataError(f"image {list(ids)[row - 1]!r} is listed twice", path=source, row=row)
     return pd.DataFrame({"image_id": list(ids), "path": paths})
 
 

@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trcgl.errors import DataError
 from trcgl.evaluation.inference import predict_dataset
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
 from trcgl.files import atomic_write_text
 from trcgl.models.base import Classifier, load_model
+from trcgl.run_dir import RunDir
 from trcgl.training.run_data import RunData
 
 GROUPS = ("head", "medium", "tail")
@@ -99,8 +101,16 @@ def evaluate_run(
     """Evaluate ``model_dir`` (default ``<run_dir>/model``) on ``split`` of the prepared run
     ``run_dir``; write into ``<out_dir>/evaluation/<split>/`` (``out_dir`` default: the model
     folder's parent)."""
-    run_dir = Path(run_dir)
-    model_dir = Path(model_dir) if model_dir is not None else run_dir / "model"
+    run = RunDir(run_dir)
+    run_dir = run.root
+    if model_dir is None:
+        model_dir = run_dir / "model"
+        if not (model_dir / "config.json").is_file():
+            raise DataError(
+                f"{run_dir} has no trained model (no model/config.json): train it first with "
+                f"`trcgl train -c CONFIG --run-dir {run_dir}` (or `trcgl run`), or pass --model"
+            )
+    model_dir = Path(model_dir)
     model = load_model(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = RunData.load(run_dir)
@@ -124,7 +134,7 @@ def evaluate_run(
     payload = {
         "method": name,
         "split": split,
-        "model": str(model_dir),
+        "model": run.store(model_dir),
         "thresholds_tuned_on": "val",
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),

@@ -8,7 +8,6 @@ the cache size). They join the training split only when asked for (``synthetic=T
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from trcgl.data.manifest import Manifest
 from trcgl.data.transforms import build_transform
 from trcgl.errors import DataError
 from trcgl.labels.graph import LabelGraph
+from trcgl.run_dir import RunDir
 
 #: The kept synthetic images as manifest rows, relative to the run directory.
 SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
@@ -29,7 +29,11 @@ SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
 
 @dataclass
 class RunData:
-    """Manifest, label graph, frequency groups and where the cached images are."""
+    """Manifest, label graph, frequency groups and where the cached images are.
+
+    ``run_dir`` and ``cache_root`` are absolute (resolved by :class:`~trcgl.run_dir.RunDir`), so
+    the synthetic rows' run-relative paths and the real rows' cache-relative ones never mix.
+    """
 
     run_dir: Path
     manifest: Manifest
@@ -42,11 +46,9 @@ class RunData:
     def load(cls, run_dir: str | Path, synthetic: bool = False) -> RunData:
         """Read a prepared run; with ``synthetic`` the kept synthetic images join the training
         split (an error if the diffusion stage has not written them)."""
-        run_dir = Path(run_dir)
-        info_path = run_dir / "label_stats.json"
-        if not info_path.is_file():
-            raise DataError(f"{run_dir} is not a prepared run (run `trcgl prepare` first)")
-        info: dict[str, Any] = json.loads(info_path.read_text())
+        run = RunDir(run_dir)
+        run_dir = run.root
+        info: dict[str, Any] = run.label_stats()
         cache = info.get("cache")
         if not cache:
             raise DataError(
@@ -58,7 +60,14 @@ class RunData:
             manifest = with_synthetic(manifest, run_dir)
         graph = LabelGraph.load(run_dir / "label_graph.safetensors")
         groups = {g: list(info["groups"][g]) for g in ("head", "medium", "tail")}
-        return cls(run_dir, manifest, graph, groups, Path(cache["root"]), int(cache["size"]))
+        cache_root = run.cache_root(info)
+        if cache_root is None or not cache_root.is_dir():
+            raise DataError(
+                f"the image cache of this run is missing (recorded as {cache['root']!r}); "
+                "prepare the run again (`trcgl prepare --force`) to rebuild it",
+                path=run_dir / "label_stats.json",
+            )
+        return cls(run_dir, manifest, graph, groups, cache_root, int(cache["size"]))
 
     def dataset(
         self,

@@ -44,7 +44,7 @@ from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.models.build import build_model
 from trcgl.models.losses import build_loss
-from trcgl.progress import progress_bar
+from trcgl.progress import progress_bar, runtime_line, say
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trcgl.training.precision import resolve_mixed_precision
 from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
@@ -267,6 +267,13 @@ class Trainer:
             resume_state = json.loads((resume / "trainer.json").read_text())
             self.state = TrainState(**resume_state["state"])
         steps_per_epoch = self._steps_per_epoch()
+        if self.progress and acc.is_main_process:
+            say(runtime_line("classifier", acc.device, acc.mixed_precision, acc.num_processes))
+            say(
+                f"classifier: {len(self.train_set):,} training images "
+                f"({int(self.is_synthetic.sum()):,} synthetic), {steps_per_epoch} steps an epoch, "
+                f"epoch {self.state.epoch + 2} of {total_epochs} next, into {self.out_dir}"
+            )
         stage2_steps = steps_per_epoch * t.epochs
         warmup_steps = round(t.lr_warmup_epochs * steps_per_epoch)
         stage = None
@@ -364,6 +371,13 @@ class Trainer:
                 self.state.stopped_early = True
             self.state.epoch = epoch
             self._log(record)
+            if self.progress and acc.is_main_process:
+                say(
+                    f"epoch {epoch + 1}/{total_epochs} (stage {stage}): loss "
+                    f"{record['train_loss']:.4f}, val mAP {record['val_mAP']:.4f}, mAUC "
+                    f"{record['val_mAUC']:.4f}, {record['seconds']:.1f} s"
+                    + (" (best so far)" if improved else "")
+                )
             if acc.is_main_process:
                 save_checkpoint(
                     ckpt_dir,
