@@ -1,9 +1,9 @@
 """The manifest: one table, one row per image, that every reader returns.
 
 Columns, in order: ``image`` (path relative to the image root, never outside it),
-``image_id`` (the name used in submissions, e.g. CXR-LT's ``ImageID``), ``patient_id``, ``view``, ``split``
-(``train`` / ``val`` / ``test``), ``source`` (``real`` / ``synthetic``), ``weight`` (per-sample
-loss weight), optional text columns (``localizations``: PadChest's English
+``image_id`` (the name used in submissions, e.g. CXR-LT's ``ImageID``), ``patient_id``,
+``view``, ``split`` (``train`` / ``val`` / ``test``), ``source`` (``real`` / ``synthetic``),
+``weight`` (per-sample loss weight), optional text columns (``localizations``: PadChest's English
 ``LabelsLocalizationsBySentence``; ``prompt``), then one 0/1 column per class, named by the
 class, in vocabulary order. The class order is stored with the table (parquet metadata), so a
 manifest is self-describing.
