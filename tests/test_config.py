@@ -66,3 +66,43 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
 def test_package_paths_resolve():
     p = resolve_path("trcgl://resources/nih_sample/Data_Entry_sample.csv")
     assert p.is_file()
+
+
+def test_layers_override_in_order_then_key_values(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train:\n  batch_size: 7\n  epochs: 3\nmodel:\n  backbone: resnet18\n")
+    cfg = load_config(["nih-demo", "baselines/resnet50", mine], ["train.epochs=9"])
+    assert cfg.data.format == "nih" and cfg.images.size == 128  # from nih-demo
+    assert cfg.model.architecture == "timm"  # from baselines/resnet50
+    assert cfg.model.backbone == "resnet18" and cfg.train.batch_size == 7  # from mine.yaml
+    assert cfg.train.epochs == 9  # the override comes last
+    assert cfg.train.warmup_epochs == 1  # nih-demo's value, untouched by later layers
+    # a layer without a name extends the run's name (and so its default run directory)
+    assert cfg.name == "nih-demo-resnet50-mine"
+    assert load_config(["nih-demo"]).name == "nih-demo"
+
+
+def test_cli_takes_c_twice_and_records_the_resolved_config(tmp_path, monkeypatch):
+    from tests.conftest import invoke
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("prepare", "-c", "nih-demo", "-c", "baselines/resnet50", "images.size=16")
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "runs/nih-demo-resnet50/config.yaml").read_text())
+    assert saved["model"]["architecture"] == "timm" and saved["model"]["backbone"] == "resnet50"
+    assert saved["data"]["format"] == "nih" and saved["images"]["size"] == 16
+
+
+@pytest.mark.parametrize(
+    ("layers", "override", "message"),
+    [
+        (["nih-demo", "no-such-layer"], [], "'no-such-layer' is neither a file nor a preset"),
+        (["nih-demo"], ["train.batchsize=3"], "did you mean 'train.batch_size'"),
+        (["nih-demo"], ["modle.alpha=3"], "did you mean 'model'"),
+    ],
+)
+def test_layer_and_key_errors_name_them(layers, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(layers, override)

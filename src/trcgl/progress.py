@@ -156,11 +156,18 @@ def cuda_fallback_warning() -> str | None:
     return None
 
 
+_warned: set[str] = set()
+
+
 def runtime_line(what: str, device: Any, precision: str, processes: int = 1) -> str:
-    """``"classifier training: device cpu, precision no, 1 process"``, plus the CUDA warning."""
+    """``"classifier: device cpu, precision no, 1 process"``, followed (once per process) by
+    the warning of :func:`cuda_fallback_warning` when the work runs on the CPU."""
     line = (
         f"{what}: device {device}, precision {precision}, "
         f"{processes} process{'es' if processes != 1 else ''}"
     )
-    warning = cuda_fallback_warning()
-    return f"{line}\n{warning}" if warning and str(device).startswith("cpu") else line
+    warning = cuda_fallback_warning() if str(device).startswith("cpu") else None
+    if warning is None or warning in _warned:
+        return line
+    _warned.add(warning)
+    return f"{line}\n{warning}"

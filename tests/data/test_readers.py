@@ -210,3 +210,54 @@ def test_plain_csv(tmp_path):
     with pytest.raises(DataError, match="unknown class 'C'") as err:
         read_plain(path, ("A", "B"))
     assert (err.value.row, err.value.column) == (3, "labels")
+
+
+# ---- image paths that leave the image root --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("../../etc/hostname", "leaves the image root"),
+        ("x/../../secret.png", "leaves the image root"),
+        ("/etc/hostname", "is an absolute path"),
+        ("C:\\scans\\a.png", "is an absolute path"),
+    ],
+)
+def test_every_reader_refuses_paths_outside_the_image_root(tmp_path, bad, why):
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"image": ["a.png", bad], "patient_id": ["1", "2"], "labels": ["A", "A"]}).to_csv(
+        plain, index=False
+    )
+    nih = tmp_path / "nih.csv"
+    pd.DataFrame(
+        {
+            "Image Index": ["a.png", bad],
+            "Finding Labels": ["No Finding"] * 2,
+            "Patient ID": ["1", "2"],
+        }
+    ).to_csv(nih, index=False)
+    cxrlt = tmp_path / "cxrlt.csv"
+    frame = _cxrlt_frame().head(2).copy()
+    frame["ImageID"] = ["a.png", bad]
+    frame.to_csv(cxrlt, index=False)
+    pad_id = _padchest(
+        tmp_path, [["a.png", "0", "p1", "PA", "['normal']"], [bad, "0", "p2", "PA", "['normal']"]]
+    )
+    cases = [
+        (lambda: read_plain(plain, ("A",)), plain, "image"),
+        (lambda: read_nih(nih), nih, "Image Index"),
+        (lambda: read_cxrlt(cxrlt), cxrlt, "ImageID"),
+        (lambda: read_padchest(pad_id), pad_id, "ImageID"),
+    ]
+    for read, path, column in cases:
+        with pytest.raises(DataError, match=why) as err:
+            read()
+        assert (err.value.path, err.value.row, err.value.column) == (str(path), 2, column)
+    pad_dir = _padchest(
+        tmp_path,
+        [["a.png", "0", "p1", "PA", "['normal']"], ["b.png", bad, "p2", "PA", "['normal']"]],
+    )
+    with pytest.raises(DataError, match=why) as err:
+        read_padchest(pad_dir)
+    assert (err.value.row, err.value.column) == (2, "ImageDir")
