@@ -37,7 +37,7 @@ def test_run_makes_every_output(piped):
         assert (run / path).is_file(), path
     summary = json.loads((run / "synthetic" / "summary.json").read_text())
     trained = json.loads((run / "train.json").read_text())
-    assert trained["synthetic_images"] == summary["kept"]
+    assert trained["synthetic_images"] == summary["kept"] >= 1
     assert "overall" in output and "report:" in output and "synthetic images:" in output
     assert "diffusion filter: done" in output
 

@@ -166,8 +166,11 @@ def test_other_architecture_or_class_count_does_not_load(tmp_path: Path) -> None
 
 def test_timm_vit_fixed_input_size() -> None:
     vit = TimmClassifier(classes=CLASSES, backbone="vit_tiny_patch16_224")
-    with pytest.raises(Exception, match=r"224|size|shape"):
-        vit(torch.randn(1, 3, 32, 32))
+    with pytest.raises(DataError, match=r"built for 224×224 inputs, got 32×48"):
+        vit(torch.randn(1, 3, 32, 48))
+    assert vit(torch.randn(1, 3, 224, 224))["logits"].shape == (1, len(CLASSES))
+    small = TimmClassifier(classes=CLASSES, backbone="vit_tiny_patch16_224", img_size=32)
+    assert small(torch.randn(2, 3, 32, 32))["logits"].shape == (2, len(CLASSES))
 
 
 def test_timm_local_weight_file(tmp_path: Path) -> None:

@@ -48,8 +48,16 @@ def test_two_stages_logs_checkpoint_and_model_folder(trained_run):
     ]
     model = load_model(run / "model")
     assert model.classes == ("Atelectasis", "Effusion", "Infiltration", "Nodule", "No Finding")
-    # a finished run is not trained again
-    assert train(cfg, run, progress=False) == result
+    # the record agrees with the epoch log: best epoch = arg-max of validation mAP
+    maps = [r["val_mAP"] for r in records]
+    assert result["best_epoch"] == int(np.argmax(maps))
+    assert result["best_val_mAP"] == pytest.approx(max(maps), abs=0)
+    # a finished run is not trained again: nothing in the run directory changes
+    watched = [run / "metrics.jsonl", run / "model" / "model.safetensors", ckpts / "latest.json"]
+    before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in watched]
+    assert train(cfg, run, progress=False)["steps"] == 9
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in watched] == before
+    assert not (ckpts / "epoch-0003").exists()
 
 
 def test_stage1_trains_only_the_head(prepared, tmp_path):

@@ -158,6 +158,16 @@ class TimmClassifier(_NormalizationFromKwargs, Classifier):
     def forward(
         self, images: torch.Tensor, return_attention: bool = False
     ) -> dict[str, torch.Tensor]:
+        embed = getattr(self.model, "patch_embed", None)
+        if embed is not None and getattr(embed, "strict_img_size", False):
+            wanted = tuple(int(v) for v in embed.img_size)
+            got = tuple(int(v) for v in images.shape[-2:])
+            if got != wanted:
+                raise DataError(
+                    f"{self.init_kwargs['backbone']} was built for {wanted[0]}×{wanted[1]} "
+                    f"inputs, got {got[0]}×{got[1]}; build it for this size (img_size, which "
+                    "training sets from images.size) or resize the images"
+                )
         return {"logits": self.model(images)}
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
