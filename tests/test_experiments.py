@@ -110,5 +110,5 @@ def test_paper_numbers_stand_beside_ours_on_padchest():
     rows = [(variants["TRCGL-Net"], {"mAP": 0.3}), (variants["ResNet-50"], {"mAP": 0.2})]
     frame = table_frame("table1", rows, paper=True)
     assert frame.loc[0, "mAP (paper)"] == PAPER["TRCGL-Net"]["mAP"] == 0.4408
-    assert math.isnan(frame.loc[1, "mAP (paper)"])  # no ResNet-50 number in METHOD.md
+    assert math.isnan(frame.loc[1, "mAP (paper)"])  # no ResNet-50 number in docs/method.md
     assert "F1 (tuned thr.) (paper)" not in frame  # the paper has none: column dropped

@@ -408,7 +408,7 @@ def experiment(
 
 
 diffusion_app = typer.Typer(
-    help="Prompt-latent diffusion for the tail classes: train, sample, filter (METHOD.md §1).",
+    help="Prompt-latent diffusion for the tail classes: train, sample, filter (docs/method.md §1).",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )

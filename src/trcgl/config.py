@@ -1,4 +1,4 @@
-"""Typed, validated configuration. Defaults are the paper's (METHOD.md); presets are YAML.
+"""Typed, validated configuration. Defaults are the paper's (docs/method.md); presets are YAML.
 
 A configuration is a tree of dataclasses. :func:`load_config` reads a YAML file (or a preset
 shipped with trcgl, by name), applies ``key.sub=value`` overrides, and checks every key and type
@@ -68,7 +68,7 @@ class SplitConfig:
 
 @dataclass
 class GroupsConfig:
-    """Head / medium / tail thresholds on training counts (METHOD.md §0)."""
+    """Head / medium / tail thresholds on training counts (docs/method.md §0)."""
 
     mode: Literal["absolute", "quantile"] = "absolute"
     #: head: n_c > head; with ``quantile``, a quantile of the class counts.
@@ -98,7 +98,7 @@ class ImagesConfig:
 
 @dataclass
 class ModelConfig:
-    """The classifier (METHOD.md §2–§3). ``architecture`` picks TRCGL-Net or a baseline."""
+    """The classifier (docs/method.md §2–§3). ``architecture`` picks TRCGL-Net or a baseline."""
 
     #: ``trcgl_net``; baselines: ``timm`` (timm's own head: ResNet-50, EfficientNet-B0,
     #: ConvNeXt, ViT-B/16), ``csra`` (ConvNeXt + CSRA head), ``clip_linear`` (CLIP image tower).
@@ -133,7 +133,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Two-stage training (METHOD.md §4). Defaults are the paper's and the authors' code's."""
+    """Two-stage training (docs/method.md §4). Defaults are the paper's and the authors' code's."""
 
     batch_size: int = 32
     #: Stage 1: backbone frozen, head and label branch trained.
@@ -169,7 +169,7 @@ class TrainConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Prompt-latent diffusion for the tail classes (METHOD.md §1, Eq. 1–6).
+    """Prompt-latent diffusion for the tail classes (docs/method.md §1, Eq. 1–6).
 
     ``trcgl diffusion train`` fits the generator (Eq. 3), ``sample`` makes images for the tail
     planner's rows (Eq. 4–6), ``filter`` keeps the good ones; the classifier then trains on them

@@ -1,4 +1,4 @@
-"""The paper's tables as commands (``trcgl experiment table1 … table5``), METHOD.md §4–5.
+"""The paper's tables as commands (``trcgl experiment table1 … table5``), docs/method.md §4–5.
 
 An experiment trains one classifier per *variant* on the same prepared run (its split, image
 cache and synthetic images are shared) and evaluates each on the same split (``test`` when the
@@ -17,7 +17,7 @@ its folder ``<run>/experiments/<slug>-<digest>/`` is named by a digest of what i
 variant that appears in several tables (TRCGL-Net with the default w_syn and α) is trained
 once, and a finished variant is not trained again (a killed one resumes). Each table is printed
 and written as ``<run>/experiments/<table>.csv`` and ``.md``; where the data set is PadChest the
-paper's numbers (METHOD.md §5) stand beside ours.
+paper's numbers (docs/method.md §5) stand beside ours.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ TITLES = {
     "table4": "Table 4: weight of the synthetic images w_syn",
     "table5": "Table 5: weight of the label scores α",
 }
-#: The paper's numbers on PadChest (30 classes, 224 px, its own split), METHOD.md §5.
+#: The paper's numbers on PadChest (30 classes, 224 px, its own split), docs/method.md §5.
 PAPER: dict[str, dict[str, float]] = {
     "ConvNeXt": {
         "mAP": 0.3323,
@@ -313,6 +313,6 @@ def run_experiment(
         )
     note += "."
     if cfg.data.format == "padchest":
-        note += " Paper: PadChest, its own split (METHOD.md §5)."
+        note += " Paper: PadChest, its own split (docs/method.md §5)."
     atomic_write_text(md, f"# {TITLES[table]}\n\n" + markdown_table(frame) + note + "\n")
     return ExperimentResult(table, frame, csv, md, split, trained)

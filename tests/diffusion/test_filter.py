@@ -1,4 +1,5 @@
-"""The synthetic-image filter (METHOD.md §1) with the tiny classifier trained on real NIH images."""
+"""The synthetic-image filter (docs/method.md §1), with a tiny classifier trained on real NIH
+images."""
 
 from __future__ import annotations
 

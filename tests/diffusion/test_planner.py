@@ -1,4 +1,4 @@
-"""The tail planner (METHOD.md §1): counts, copied label sets, sources, determinism."""
+"""The tail planner (docs/method.md §1): counts, copied label sets, sources, determinism."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompts p_n (METHOD.md §1): hand examples, the real PadChest tail rows, the tokenizer."""
+"""Prompts p_n (docs/method.md §1): hand examples, the real PadChest tail rows, the tokenizer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Synthetic rows in the manifest (w_syn, METHOD.md §1) and the Fig. 3 sample grid."""
+"""Synthetic rows in the manifest (w_syn, docs/method.md §1) and the Fig. 3 sample grid."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Everything the training loop needs per image comes from one manifest row: the image path
 (``image``, relative to ``image_root`` unless absolute), the 0/1 class columns in the given
-class order, and ``weight`` (``w_syn`` for synthetic rows, METHOD.md §1; 1.0 when the column
+class order, and ``weight`` (``w_syn`` for synthetic rows, docs/method.md §1; 1.0 when the column
 is absent). The manifest is validated once, at construction, so a bad column fails with a
 clear :class:`~trcgl.errors.DataError` before any worker starts; per item, only the image is
 read (with :func:`~trcgl.data.images.read_image`; point ``image_root`` at a cache built by

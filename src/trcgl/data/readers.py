@@ -1,6 +1,6 @@
 """Readers: every supported label file becomes one :class:`~trcgl.data.manifest.Manifest`.
 
-Supported inputs (METHOD.md §0):
+Supported inputs (docs/method.md §0):
 
 * ``cxrlt``: the CXR-LT 2026 CSV (``ImageID``, ``PatientID``, one 0/1 column per class);
 * ``padchest``: the raw PadChest CSV (``Labels`` is a Python-list string of raw findings, some

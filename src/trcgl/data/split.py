@@ -1,4 +1,4 @@
-"""Patient-level, multilabel-stratified, seeded train / val (/ test) split (METHOD.md §0).
+"""Patient-level, multilabel-stratified, seeded train / val (/ test) split (docs/method.md §0).
 
 Patients, not images, are assigned to splits, so no patient is ever in two splits. Each
 patient's label vector is the union of its images' labels; the patients are split with

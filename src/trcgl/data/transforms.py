@@ -1,6 +1,6 @@
 """Image transforms: any grayscale radiograph → a normalised ``3 × size × size`` float tensor.
 
-The training augmentations are those of the paper authors' released code (METHOD.md §4):
+The training augmentations are those of the paper authors' released code (docs/method.md §4):
 horizontal flip, shift-scale-rotate, CLAHE, brightness/contrast, Gaussian noise and coarse
 dropout, written for albumentations 2.0.8 (``A.Affine`` replaces the deprecated
 ``ShiftScaleRotate``; ``GaussNoise`` takes ``std_range`` as a fraction of 255;

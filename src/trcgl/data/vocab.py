@@ -1,4 +1,4 @@
-"""Class vocabularies and the raw-PadChest → CXR-LT mapping table (METHOD.md §0).
+"""Class vocabularies and the raw-PadChest → CXR-LT mapping table (docs/method.md §0).
 
 The mapping is data, not code: ``resources/padchest_to_cxrlt30_v1.csv`` lists every raw
 PadChest finding with the CXR-LT class it counts toward (one finding may count toward two

@@ -1,4 +1,4 @@
-"""Prompt-latent diffusion for tail classes (METHOD.md §1, Eq. 1–6).
+"""Prompt-latent diffusion for tail classes (docs/method.md §1, Eq. 1–6).
 
 * :mod:`trcgl.diffusion.prompts` — English prompts p_n from a label set, the view and
   PadChest's English localisations, shortened to fit the CLIP tokenizer (77 tokens);

@@ -1,4 +1,4 @@
-"""The latent diffusion model behind Eq. 3–6 (METHOD.md §1): UNet ε_θ, VAE, noise schedule,
+"""The latent diffusion model behind Eq. 3–6 (docs/method.md §1): UNet ε_θ, VAE, noise schedule,
 frozen CLIP text encoder and tokenizer.
 
 :func:`load_components` gets them either
@@ -132,7 +132,7 @@ _HOW_TO_GET = (
 
 @dataclass
 class Components:
-    """What the generator is made of (METHOD.md §1).
+    """What the generator is made of (docs/method.md §1).
 
     Attributes:
         unet: ε_θ(x_t, t, E_cond) of Eq. 3–4.

@@ -1,4 +1,4 @@
-"""Learnable-context prompt conditioning (METHOD.md §1, Eq. 1–2 and Eq. 4's ε_uncond input).
+"""Learnable-context prompt conditioning (docs/method.md §1, Eq. 1–2 and Eq. 4's ε_uncond input).
 
 Eq. 1: E_n = CLIPTextEncoder(tokenize(p_n)) ∈ R^{L×d}, L = 77 — the frozen encoder's
 ``last_hidden_state`` for the prompt padded to L tokens.
@@ -215,7 +215,7 @@ class PromptConditioner(nn.Module):
         Decision: the context C is kept in front here too, so the UNet always sees one
         sequence length m + L, and C acts as a learned domain prefix shared by both branches of
         classifier-free guidance (the guidance direction ε_cond − ε_uncond then comes from the
-        prompt). Use it as well for the dropped condition during training (METHOD.md §1).
+        prompt). Use it as well for the dropped condition during training (docs/method.md §1).
         Equal to ``encode([""] * batch_size)``.
         """
         return self.encode([""] * batch_size)

@@ -1,4 +1,4 @@
-"""Filtering synthetic images before they enter training (METHOD.md §1, decision on filtering).
+"""Filtering synthetic images before they enter training (docs/method.md §1, decision on filtering).
 
 The paper does not say how synthetic images are filtered; this project keeps an image only if
 
@@ -275,7 +275,7 @@ def filter_synthetic(
     train_ids: Sequence[str] | None = None,
     size: int | None = None,
 ) -> FilterReport:
-    """Decide which synthetic images to keep (METHOD.md §1; the rule is in the module docstring).
+    """Decide which synthetic images to keep (docs/method.md §1; the rule: module docstring).
 
     Args:
         model: a classifier trained on real data (:func:`~trcgl.models.base.load_model`).

@@ -1,10 +1,10 @@
-"""The tail planner: how many synthetic images to make per tail class, and from what (METHOD.md §1).
+"""The tail planner (docs/method.md §1): how many synthetic images per tail class, from what.
 
 For each tail class ``c`` with ``n_c`` real *training* images (``split == "train"`` and
 ``source == "real"``), the plan holds ``max(0, target − n_c)`` rows. Each row names a real
 training image that has ``c`` (the *source*): the synthetic image is conditioned on the prompt of
 the source's **whole label set** and labelled with it, so label co-occurrence stays realistic
-(METHOD.md §1, decision on prompts). Sources are drawn round-robin over a seeded permutation of
+(docs/method.md §1, decision on prompts). Sources are drawn round-robin over a seeded permutation of
 the class's training images, so every source is used once before any is used again.
 
 The plan is a pure, deterministic function of the manifest, the tail classes, ``target`` and
@@ -51,7 +51,7 @@ def plan_synthesis(
     tokenizer: Any = None,
     max_length: int = CLIP_MAX_LENGTH,
 ) -> pd.DataFrame:
-    """One row per synthetic image to generate for the tail classes (METHOD.md §1).
+    """One row per synthetic image to generate for the tail classes (docs/method.md §1).
 
     Args:
         manifest: the run's manifest; only ``split == "train"``, ``source == "real"`` rows count

@@ -1,4 +1,4 @@
-"""Prompts p_n for the prompt-latent diffusion generator (METHOD.md §1, input of Eq. 1).
+"""Prompts p_n for the prompt-latent diffusion generator (docs/method.md §1, input of Eq. 1).
 
 A prompt is built from a *whole label set* of a real image (so that a synthetic image keeps a
 realistic co-occurrence), the projection, and — for PadChest — the English localisations of

@@ -1,4 +1,4 @@
-"""Sampling synthetic chest radiographs, Eq. 4–6 (METHOD.md §1).
+"""Sampling synthetic chest radiographs, Eq. 4–6 (docs/method.md §1).
 
 * Eq. 4 (classifier-free guidance): ε_cfg = ε_uncond + ω (ε_cond − ε_uncond), ω =
   ``guidance_scale`` (default 3, as RoentGen-v2), ε_uncond from the empty prompt (with the same

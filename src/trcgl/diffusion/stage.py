@@ -1,4 +1,4 @@
-"""The diffusion stages of a run directory: train the generator, sample, filter (METHOD.md §1).
+"""The diffusion stages of a run directory: train the generator, sample, filter (docs/method.md §1).
 
 ``trcgl diffusion train|sample|filter`` (and ``trcgl run``) call :func:`train_stage`,
 :func:`sample_stage` and :func:`filter_stage` on a prepared run directory. What they write:

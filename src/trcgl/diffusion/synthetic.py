@@ -1,4 +1,4 @@
-"""Accepted synthetic images as manifest rows, and the Fig. 3 sample grid (METHOD.md §1).
+"""Accepted synthetic images as manifest rows, and the Fig. 3 sample grid (docs/method.md §1).
 
 Synthetic images enter training with loss weight w_syn (default 0.5, Table 4: 0.25/0.5/0.75):
 :func:`append_synthetic` turns the kept rows of a plan (:func:`~trcgl.diffusion.planner.
@@ -47,7 +47,7 @@ def append_synthetic(
             column; ``view`` is used when present).
         image_paths: the file of each kept image, in the same order. Store absolute paths, or
             paths relative to the image root the classifier reads from.
-        w_syn: the synthetic samples' loss weight (METHOD.md §1), ≥ 0.
+        w_syn: the synthetic samples' loss weight (docs/method.md §1), ≥ 0.
         image_ids: ids for the new rows (default: the file names); must not repeat ids already
             in the manifest.
 

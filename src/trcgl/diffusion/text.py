@@ -1,4 +1,4 @@
-"""The CLIP tokenizer and the frozen CLIP text encoder of Eq. 1 (METHOD.md §1).
+"""The CLIP tokenizer and the frozen CLIP text encoder of Eq. 1 (docs/method.md §1).
 
 E_n = CLIPTextEncoder(tokenize(p_n)) ∈ R^{L×d}, L = 77. Both work offline:
 
@@ -166,7 +166,7 @@ def load_tokenizer(source: str | Path | None = None) -> CLIPTokenizer:
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
-    """``requires_grad_(False)`` and eval mode (the text encoder is frozen, METHOD.md §1)."""
+    """``requires_grad_(False)`` and eval mode (the text encoder is frozen, docs/method.md §1)."""
     module.requires_grad_(False)
     module.eval()
     return module

@@ -1,4 +1,4 @@
-"""Training the prompt-latent diffusion generator, Eq. 3 (METHOD.md §1).
+"""Training the prompt-latent diffusion generator, Eq. 3 (docs/method.md §1).
 
 L_diff = E_{x_0, ε, t} ‖ε − ε_θ(x_t, t, E_cond)‖², x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
 (``scheduler.add_noise``), where x_0 are the VAE latents of real images (times
@@ -9,7 +9,7 @@ and E_cond = concat_seq(C, E_n) (Eq. 2).
   gradients reach C through the UNet's cross-attention), ``"lora"`` (a PEFT LoRA adapter on the
   attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0``) or ``"full"``. The text
   encoder and the VAE are frozen.
-* Decision (METHOD.md §1): with probability ``cond_dropout`` = 0.1 a sample's condition is
+* Decision (docs/method.md §1): with probability ``cond_dropout`` = 0.1 a sample's condition is
   replaced by the unconditional one (the empty prompt, :meth:`PromptConditioner.
   encode_unconditional`), so that classifier-free guidance (Eq. 4) works at sampling.
 * AdamW (no weight decay on C), gradient clipping, accelerate for the device and mixed

@@ -1,4 +1,4 @@
-"""A short ``AutoencoderKL`` training for the tiny CPU generator (METHOD.md §1, PITFALLS.md).
+"""A short ``AutoencoderKL`` training for the tiny CPU generator (docs/method.md §1, PITFALLS.md).
 
 Eq. 3 runs on VAE latents and Eq. 6 decodes them. For a real model (e.g. RoentGen) the VAE is
 pretrained and frozen; for the tiny CPU configuration no pretrained VAE can be had, so the

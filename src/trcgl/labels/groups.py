@@ -1,4 +1,4 @@
-"""Head / medium / tail frequency groups from training counts (METHOD.md §0).
+"""Head / medium / tail frequency groups from training counts (docs/method.md §0).
 
 The paper's groups use absolute thresholds on the number of training images n_c: head
 n_c > 5000, medium 500 ≤ n_c ≤ 5000, tail n_c < 500. Small data sets need relative thresholds:

@@ -1,4 +1,4 @@
-"""TRCGL-Net (METHOD.md §2–§3): a timm backbone with channel-class attention and a label GCN.
+"""TRCGL-Net (docs/method.md §2–§3): a timm backbone with channel-class attention and a label GCN.
 
 Forward pass, with the paper's equation numbers:
 

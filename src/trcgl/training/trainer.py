@@ -1,4 +1,4 @@
-"""Two-stage training of a trcgl classifier on accelerate (METHOD.md §4).
+"""Two-stage training of a trcgl classifier on accelerate (docs/method.md §4).
 
 Read top to bottom:
 
