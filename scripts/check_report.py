@@ -9,7 +9,7 @@ prints the console errors, page errors, requests for anything but ``file:`` / ``
 and images that did not decode, and saves a full-page screenshot next to the report
 (``report.png``). Exits 1 when any of those lists is not empty, 2 when no browser is available.
 
-``tests/evaluation/test_html_report_browser.py`` runs the same check (:func:`check_in_browser`).
+``tests/stages/test_report_browser.py`` runs the same check (:func:`check_in_browser`).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"cannot check in a browser: {why}", file=sys.stderr)
         return 2
-    from trcgl.evaluation.html_report import REPORT_NAME, write_report
+    from trcgl.stages.report import REPORT_NAME, write_report
 
     report = args.run_dir / REPORT_NAME
     if args.rewrite or not report.is_file():

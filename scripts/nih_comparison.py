@@ -20,9 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from trcgl.config import load_config
-from trcgl.evaluation.report import evaluate_run, markdown
-from trcgl.prepare import prepare
-from trcgl.training.trainer import train
+from trcgl.evaluation.tables import markdown
+from trcgl.stages.evaluate import evaluate_run
+from trcgl.stages.prepare import prepare
+from trcgl.stages.train import train
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "nih-comparison.md"
 MODELS = {

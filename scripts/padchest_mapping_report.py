@@ -18,7 +18,7 @@ import pandas as pd
 
 from trcgl.config import load_config
 from trcgl.data.vocab import load_mapping
-from trcgl.prepare import prepare
+from trcgl.stages.prepare import prepare
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "padchest-mapping.md"
 

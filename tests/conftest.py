@@ -89,7 +89,7 @@ def prepared(tmp_path_factory, nih_sample) -> tuple[Path, list[str]]:
     """A prepared run over 120 real NIH images, 5 classes (a plain CSV), and its overrides."""
     from trcgl.config import load_config
     from trcgl.data.readers import read_nih
-    from trcgl.prepare import prepare
+    from trcgl.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("nih")
     entries = read_nih(nih_sample / "Data_Entry_sample.csv").manifest.frame.head(120)
@@ -118,7 +118,7 @@ def trained_run(prepared, tmp_path_factory) -> tuple[Path, list[str]]:
     import shutil
 
     from trcgl.config import load_config
-    from trcgl.training.trainer import train
+    from trcgl.stages.train import train
 
     run, overrides = prepared
     trained = tmp_path_factory.mktemp("trained") / "run"

@@ -11,7 +11,6 @@ import pytest
 
 from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.run_dir import RunDir
-from trcgl.training.run_data import RunData
 
 
 def test_store_is_relative_inside_and_absolute_outside(tmp_path, monkeypatch):
@@ -77,7 +76,7 @@ def test_moved_run_evaluates_reports_and_resumes_from_another_cwd(
     other.mkdir()
     monkeypatch.chdir(other)
 
-    data = RunData.load(moved, synthetic=True)
+    data = RunDir(moved).training_data(synthetic=True)
     assert data.cache_root == moved / "cache" / "32"
     syn = data.dataset("train", train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
     first_synthetic = int(data.is_synthetic("train").argmax())
@@ -125,7 +124,7 @@ def test_progress_is_plain_lines_when_output_is_not_a_terminal(relative_run):
 def test_synthetic_paths_never_join_the_cache_root(relative_run, monkeypatch):
     cwd, _, _, _ = relative_run
     monkeypatch.chdir(cwd)
-    data = RunData.load("runs/rel", synthetic=True)
+    data = RunDir("runs/rel").training_data(synthetic=True)
     rows = data.dataset("train", train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
     is_syn = data.is_synthetic("train")
     paths = [p for p, s in zip(rows._paths, is_syn, strict=True) if s]

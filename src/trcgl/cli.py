@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -89,8 +88,8 @@ def prepare(
 ) -> None:
     """Read labels (and images) into a run directory: manifest, split, label statistics,
     label graph, Fig. 2 and, with images, the resized image cache."""
-    from trcgl.prepare import STAGE_FILE
-    from trcgl.prepare import prepare as run_prepare
+    from trcgl.stages.prepare import STAGE_FILE
+    from trcgl.stages.prepare import prepare as run_prepare
 
     try:
         cfg = load_config(config, overrides or [])
@@ -102,7 +101,7 @@ def prepare(
         console.print(
             f"[green]{out} is already prepared[/] ({STAGE_FILE} present; --force redoes it)"
         )
-    info = json.loads((out / "label_stats.json").read_text())
+    info = RunDir(out).label_stats()
     console.print(summary_table(out / "label_stats.csv", info))
     groups = info["groups"]
     console.print(
@@ -154,8 +153,8 @@ def train(
     import torch
     from accelerate import PartialState
 
-    from trcgl.prepare import prepare as run_prepare
-    from trcgl.training.trainer import train as run_train
+    from trcgl.stages.prepare import prepare as run_prepare
+    from trcgl.stages.train import train as run_train
 
     try:
         cfg = load_config(config, overrides or [])
@@ -188,7 +187,7 @@ def evaluate_cmd(
     workers: int = 0,
 ) -> None:
     """Metrics of a model on a split: metrics.json, per-class table, Tables 1–2 layouts."""
-    from trcgl.evaluation.report import evaluate_run
+    from trcgl.stages.evaluate import evaluate_run
 
     try:
         ev = evaluate_run(run_dir, model, split, batch_size, workers)
@@ -254,35 +253,16 @@ def explain(
     """Fig. 4 (attention maps of the top-k classes) and Fig. 5 (confidences) per image."""
     from trcgl.evaluation.explain import explain_images
     from trcgl.models.base import load_model
+    from trcgl.stages.evaluate import explain_context
 
     try:
         m = load_model(model)
-        thresholds, labels = _run_context(run_dir, m.classes) if run_dir else (None, None)
+        thresholds, labels = explain_context(run_dir, m.classes) if run_dir else (None, None)
         written = explain_images(m, images, out, top_k, thresholds, labels)
     except TrcglError as exc:
         _fail(exc)
     for path in written:
         console.print(str(path))
-
-
-def _run_context(run_dir: Path, classes: tuple[str, ...]):
-    """Tuned thresholds (from ``trcgl evaluate``) and true labels by image file name."""
-    import numpy as np
-    import pandas as pd
-
-    from trcgl.data.manifest import Manifest
-
-    thresholds = None
-    per_class = run_dir / "evaluation" / "val" / "per_class.csv"
-    if per_class.is_file():
-        table = pd.read_csv(per_class).set_index("class")
-        if "threshold" in table:
-            thresholds = table.loc[list(classes), "threshold"].to_numpy()
-    manifest = Manifest.load(run_dir / "manifest.parquet")
-    y = manifest.frame[list(classes)].to_numpy()
-    names = [Path(p).name for p in manifest.frame["image"]]
-    labels = {n: np.asarray(row) for n, row in zip(names, y, strict=True)}
-    return thresholds, labels
 
 
 @app.command()
@@ -297,7 +277,7 @@ def report(
 ) -> None:
     """One self-contained report.html: config, data statistics (Fig. 2), synthetic samples
     (Fig. 3), metrics overall / per group / per class, PR curves, Fig. 4 and Fig. 5."""
-    from trcgl.evaluation.html_report import write_report
+    from trcgl.stages.report import write_report
 
     try:
         path = write_report(run_dir, split, explain_images=explain_images)
@@ -308,7 +288,7 @@ def report(
 
 def _pipeline(cfg, out: Path) -> None:
     """Run every stage and print the one-screen summary."""
-    from trcgl.pipeline import run_pipeline
+    from trcgl.stages.pipeline import run_pipeline
 
     started = time.time()
     try:
@@ -382,7 +362,7 @@ def experiment(
 ) -> None:
     """Reproduce one of the paper's tables: train and evaluate each variant on the run's data
     (finished variants are reused), print the table, write experiments/TABLE.csv and .md."""
-    from trcgl.experiments import TITLES, cell, run_experiment
+    from trcgl.stages.experiments import TITLES, cell, run_experiment
 
     try:
         cfg = load_config(config, overrides or [])
@@ -420,8 +400,8 @@ def _diffusion_stage(
     name: str, config: list[str], overrides: list[str] | None, run_dir: Path | None, force: bool
 ) -> tuple[dict, Path]:
     """Prepare the run if needed, then run one diffusion stage; errors end the command."""
-    from trcgl.diffusion import stage
-    from trcgl.prepare import prepare as run_prepare
+    from trcgl.stages import diffusion as stage
+    from trcgl.stages.prepare import prepare as run_prepare
 
     try:
         cfg = load_config(config, overrides or [])

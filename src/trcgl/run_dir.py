@@ -19,10 +19,20 @@ import json
 from pathlib import Path, PurePath
 from typing import Any
 
+from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
+from trcgl.labels.graph import LabelGraph
+from trcgl.training.data import TrainingData, with_synthetic
 
 #: The prepare stage's record of label statistics, groups and the image cache.
 LABEL_STATS = "label_stats.json"
+MANIFEST = "manifest.parquet"
+LABEL_GRAPH = "label_graph.safetensors"
+#: The kept synthetic images as manifest rows, their paths relative to the run directory.
+SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
+#: The classifier's model folder and the record its training writes last.
+MODEL_DIR = "model"
+TRAIN_RECORD = "train.json"
 
 
 class RunDir:
@@ -63,6 +73,13 @@ class RunDir:
                 return candidate
         return here
 
+    def evaluation(self, split: str) -> Path:
+        """``evaluation/<split>/``, where ``trcgl evaluate`` writes."""
+        return self.root / "evaluation" / split
+
+    def has_synthetic(self) -> bool:
+        return (self.root / SYNTHETIC_MANIFEST).is_file()
+
     def label_stats(self) -> dict[str, Any]:
         """``label_stats.json``; an error that says to prepare the run when it is missing."""
         path = self.root / LABEL_STATS
@@ -80,3 +97,30 @@ class RunDir:
         if not root.exists() and own.is_dir():  # an old absolute record of a moved run
             return own
         return root
+
+    def training_data(self, synthetic: bool = False) -> TrainingData:
+        """What training and evaluation read from this prepared run; with ``synthetic`` the
+        kept synthetic images join the training split (an error if the diffusion stage has
+        not written them)."""
+        info = self.label_stats()
+        cache = info.get("cache")
+        if not cache:
+            raise DataError(
+                f"{self.root} was prepared from labels only; prepare it with data.image_root "
+                "set to train or evaluate on images"
+            )
+        manifest = Manifest.load(self.root / MANIFEST)
+        if synthetic:
+            manifest = with_synthetic(manifest, self.root / SYNTHETIC_MANIFEST)
+        graph = LabelGraph.load(self.root / LABEL_GRAPH)
+        groups = {g: list(info["groups"][g]) for g in ("head", "medium", "tail")}
+        cache_root = self.cache_root(info)
+        if cache_root is None or not cache_root.is_dir():
+            raise DataError(
+                f"the image cache of this run is missing (recorded as {cache['root']!r}); "
+                "prepare the run again (`trcgl prepare --force`) to rebuild it",
+                path=self.root / LABEL_STATS,
+            )
+        return TrainingData(
+            manifest, graph, groups, cache_root, int(cache["size"]), synthetic_root=self.root
+        )

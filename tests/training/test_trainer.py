@@ -14,8 +14,9 @@ import torch
 import trcgl.training.trainer as trainer_module
 from trcgl.config import load_config
 from trcgl.models.base import load_model
-from trcgl.prepare import prepare
-from trcgl.training.trainer import Trainer, TrainingError, train
+from trcgl.stages.prepare import prepare
+from trcgl.stages.train import train, trainer_for_run
+from trcgl.training.trainer import TrainingError
 
 # These runs have no synthetic images on purpose (the diffusion stages are tested elsewhere).
 pytestmark = pytest.mark.filterwarnings("ignore:.*holds no synthetic images")
@@ -64,7 +65,7 @@ def test_stage1_trains_only_the_head(prepared, tmp_path):
     run, overrides = prepared
     run = _copy(run, tmp_path / "run")
     cfg = load_config("nih-demo", [*overrides, "train.epochs=0", "train.ema_decay=0"])
-    trainer = Trainer(cfg, run, progress=False)
+    trainer = trainer_for_run(cfg, run, progress=False)
     before = {k: v.clone() for k, v in trainer.model.features.state_dict().items()}
     head_before = trainer.model.classifier.weight.clone()
     trainer.fit()
@@ -114,7 +115,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
 def test_nan_loss_stops_with_advice(prepared, tmp_path, monkeypatch):
     run, overrides = prepared
     run = _copy(run, tmp_path / "run")
-    trainer = Trainer(load_config("nih-demo", overrides), run, progress=False)
+    trainer = trainer_for_run(load_config("nih-demo", overrides), run, progress=False)
     monkeypatch.setattr(trainer, "loss_fn", _NaNLoss())
     with pytest.raises(TrainingError, match="lower the learning rate"):
         trainer.fit()
@@ -134,7 +135,7 @@ def test_labels_only_run_cannot_train(tmp_path):
     cfg = load_config("nih-demo", ["data.image_root=null", "images.size=32"])
     prepare(cfg, tmp_path / "r", progress=False)
     with pytest.raises(DataError, match="labels only"):
-        Trainer(cfg, tmp_path / "r")
+        trainer_for_run(cfg, tmp_path / "r")
 
 
 def test_empty_validation_class_warns(prepared, tmp_path):
@@ -148,7 +149,7 @@ def test_empty_validation_class_warns(prepared, tmp_path):
     m.frame.loc[m.frame["split"] == "val", "Nodule"] = 0
     m.save(run / "manifest.parquet")
     with pytest.warns(UserWarning, match="no positives for \\['Nodule'\\]"):
-        Trainer(load_config("nih-demo", overrides), run, progress=False)
+        trainer_for_run(load_config("nih-demo", overrides), run, progress=False)
 
 
 def test_two_process_data_parallel_training_with_gloo(prepared, tmp_path):

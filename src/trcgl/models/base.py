@@ -44,14 +44,9 @@ def register(name: str) -> Callable[[type[Classifier]], type[Classifier]]:
     return wrap
 
 
-def _import_architectures() -> None:
-    """Import the modules that register the shipped architectures."""
-    import trcgl.models.baselines
-    import trcgl.models.trcgl_net  # noqa: F401
-
-
 def architectures() -> list[str]:
-    _import_architectures()
+    """The registered architectures (``trcgl.models`` imports every shipped one, so they are
+    registered whenever this module is imported)."""
     return sorted(_REGISTRY)
 
 
@@ -129,7 +124,6 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"not a model folder: no {CONFIG_FILE}", path=folder)
     config = json.loads(path.read_text())
-    _import_architectures()
     if config.get("architecture") not in _REGISTRY:
         raise DataError(
             f"unknown architecture {config.get('architecture')!r}; known: {architectures()}",

@@ -2,7 +2,7 @@
 
 Read top to bottom:
 
-1. load the prepared run (manifest, label graph, groups, image cache) and build the model;
+1. take the training data (manifest, label graph, groups, image cache) and build the model;
 2. stage 1 (``warmup_epochs``): backbone frozen, head and label branch trained with AdamW at
    ``warmup_lr``; synthetic images weigh ``w_syn_warmup``;
 3. stage 2 (``epochs``): everything trained, backbone and head at their own learning rates and
@@ -11,7 +11,7 @@ Read top to bottom:
    weights when EMA is on), a line in ``metrics.jsonl`` and TensorBoard, a checkpoint written
    atomically, the best model saved as a model folder (``model/``), early stopping on mAP.
 
-Resuming: a run directory with a checkpoint continues after its last finished epoch with the
+Resuming: an output folder with a checkpoint continues after its last finished epoch with the
 same weights, optimiser state, RNG states and data order, so a killed and resumed run ends
 exactly as an uninterrupted one. Data order and augmentations depend only on (seed, epoch).
 
@@ -41,13 +41,12 @@ from trcgl.data.transforms import reseed_transforms, worker_init_fn
 from trcgl.errors import TrcglError
 from trcgl.evaluation.metrics import MetricsReport, evaluate
 from trcgl.files import atomic_write_text
-from trcgl.labels.graph import LabelGraph
 from trcgl.models.build import build_model
 from trcgl.models.losses import build_loss
 from trcgl.progress import progress_bar, runtime_line, say
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trcgl.training.data import TrainingData
 from trcgl.training.precision import resolve_mixed_precision
-from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
 from trcgl.training.schedule import cosine_with_warmup
 
 STAGE_FILE = "train.json"
@@ -96,36 +95,21 @@ def predict_probabilities(
 
 
 class Trainer:
-    """Train the configured model on a prepared run directory."""
+    """Train the configured model on ``data``, writing logs, checkpoints and the model folder
+    into ``out_dir`` (resuming from the checkpoints found there)."""
 
     def __init__(
         self,
         config: Config,
-        run_dir: str | Path,
+        data: TrainingData,
+        out_dir: str | Path,
         progress: bool = True,
-        out_dir: str | Path | None = None,
-        synthetic: bool | None = None,
     ) -> None:
         self.cfg = config
-        self.run_dir = Path(run_dir)
-        self.out_dir = Path(out_dir) if out_dir is not None else self.run_dir
+        self.data = data
+        self.out_dir = Path(out_dir)
         self.progress = progress
-        if synthetic is None:
-            synthetic = config.diffusion.enabled and (self.run_dir / SYNTHETIC_MANIFEST).is_file()
-            if config.diffusion.enabled and not synthetic:
-                warnings.warn(
-                    f"{self.run_dir} holds no synthetic images: training on real images only "
-                    "(make them with `trcgl diffusion train|sample|filter` or `trcgl run`; set "
-                    "diffusion.enabled=false to say so)",
-                    stacklevel=2,
-                )
-        self.synthetic = synthetic
-        self.data = RunData.load(self.run_dir, synthetic=synthetic)
-        if synthetic and config.graph.include_synthetic:
-            train_rows = self.data.manifest.subset(split="train")
-            self.data.graph = LabelGraph.from_labels(
-                train_rows.labels(), self.data.manifest.classes, config.graph.tau
-            )
+        self.synthetic = bool(data.is_synthetic("train").any())
         t = config.train
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(t.mixed_precision),
@@ -415,16 +399,3 @@ class Trainer:
             for batch in loader:
                 yield batch
                 bar.advance(task)
-
-
-def train(
-    config: Config,
-    run_dir: str | Path,
-    progress: bool = True,
-    out_dir: str | Path | None = None,
-    synthetic: bool | None = None,
-) -> dict[str, Any]:
-    """Train on the prepared run ``run_dir``, writing into ``out_dir`` (default ``run_dir``);
-    resume if it holds a checkpoint. ``synthetic``: train on the run's kept synthetic images
-    too (default: when ``diffusion.enabled`` and they exist)."""
-    return Trainer(config, run_dir, progress, out_dir, synthetic).fit()

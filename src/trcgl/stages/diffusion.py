@@ -55,8 +55,8 @@ from trcgl.data.manifest import Manifest
 from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_write_text, slug
 from trcgl.progress import runtime_line, say
-from trcgl.run_dir import RunDir
-from trcgl.training.run_data import SYNTHETIC_MANIFEST, RunData
+from trcgl.run_dir import SYNTHETIC_MANIFEST, RunDir
+from trcgl.training.data import TrainingData
 
 __all__ = [
     "SAMPLE_CHUNK",
@@ -141,14 +141,14 @@ def _target(cfg: Config, info: dict[str, Any]) -> int:
 
 
 def plan_for_run(
-    cfg: Config, run_dir: str | Path, tokenizer: Any = None, data: RunData | None = None
+    cfg: Config, run_dir: str | Path, tokenizer: Any = None, data: TrainingData | None = None
 ) -> pd.DataFrame:
     """The tail planner's rows for this run (capped at ``max_per_class``), with image ids
     ``syn_<class>_<k>``; ``data``: the run, if already loaded."""
     from trcgl.diffusion.planner import plan_synthesis
 
     run_dir = Path(run_dir)
-    data = data or RunData.load(run_dir)
+    data = data or RunDir(run_dir).training_data()
     info = _info(run_dir)
     tail = list(info["groups"]["tail"])
     plan = plan_synthesis(
@@ -169,7 +169,7 @@ def plan_for_run(
     return plan
 
 
-def _training_rows(cfg: Config, data: RunData, tail: list[str]) -> Manifest:
+def _training_rows(cfg: Config, data: TrainingData, tail: list[str]) -> Manifest:
     pool = data.manifest.subset(split="train", source="real")
     if cfg.diffusion.train_images == "all":
         return pool
@@ -178,14 +178,16 @@ def _training_rows(cfg: Config, data: RunData, tail: list[str]) -> Manifest:
     return Manifest(pool.frame[mask], pool.classes)
 
 
-def _generator_cache(cfg: Config, data: RunData, rows: Manifest, info: dict, progress: bool):
+def _generator_cache(
+    cfg: Config, data: TrainingData, rows: Manifest, info: dict, progress: bool, run_dir: Path
+):
     """The generator's training images at ``diffusion.image_size`` (cached next to the
     classifier's cache, from the original images)."""
     size = cfg.diffusion.image_size
     root = data.cache_root.parent / str(size)
     image_root = info.get("image_root")
     if image_root is None:
-        raise DataError("the run was prepared without images", path=data.run_dir)
+        raise DataError("the run was prepared without images", path=run_dir)
     build_image_cache(
         list(rows.frame["image"]),
         image_root,
@@ -202,16 +204,15 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _dataset(cfg: Config, data: RunData, progress: bool, tokenizer: Any):
+def _dataset(cfg: Config, run_dir: Path, data: TrainingData, progress: bool, tokenizer: Any):
     from trcgl.diffusion.prompts import prompts_for_manifest
     from trcgl.diffusion.train import PromptImageDataset
 
-    run_dir = data.run_dir
     info = _info(run_dir)
     rows = _training_rows(cfg, data, list(info["groups"]["tail"]))
     if len(rows) == 0:
         raise DataError("no real training images carry a tail class", path=run_dir)
-    root = _generator_cache(cfg, data, rows, info, progress)
+    root = _generator_cache(cfg, data, rows, info, progress, run_dir)
     prompts = prompts_for_manifest(rows, PROMPT_STYLE[cfg.data.format], tokenizer=tokenizer)
     dataset = PromptImageDataset(
         rows,
@@ -287,7 +288,7 @@ def train_stage(
         return _record(run_dir, "train") or {}
     started = time.time()
     d = cfg.diffusion
-    data = RunData.load(run_dir)
+    data = RunDir(run_dir).training_data()
     plan = plan_for_run(cfg, run_dir, data=data)
     if plan.empty:
         return _write_record(
@@ -295,7 +296,7 @@ def train_stage(
         )
     source = _source(cfg)
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
-    dataset, rows = _dataset(cfg, data, progress, tokenizer)
+    dataset, rows = _dataset(cfg, run_dir, data, progress, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     components = load_components(source) if source else _tiny_base(cfg, out, dataset, progress)
     conditioner = PromptConditioner(
@@ -430,8 +431,8 @@ def sample_stage(
 def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path, Path]:
     """The filter's model folder, and its validation evaluation folder (trained here on real
     images unless ``diffusion.filter_model`` names one)."""
-    from trcgl.evaluation.report import evaluate_run
-    from trcgl.training.trainer import train
+    from trcgl.stages.evaluate import evaluate_run
+    from trcgl.stages.train import train
 
     out = run_dir / FILTER_DIR
     given = cfg.diffusion.filter_model
@@ -485,7 +486,7 @@ def filter_stage(
         return _record(run_dir, "filter") or {}
     started = time.time()
     d = cfg.diffusion
-    data = RunData.load(run_dir)
+    data = RunDir(run_dir).training_data()
     text = {c: str for c in ("image_id", "source_image_id", "view", "prompt")}
     plan = pd.read_csv(out / "plan.csv", dtype=text, keep_default_na=False)
     (out / "manifest.parquet").unlink(missing_ok=True)

@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import TINY_DIFFUSION, TINY_TRAIN, invoke
 from trcgl.config import load_config
-from trcgl.diffusion import stage
-from trcgl.pipeline import run_pipeline
+from trcgl.stages import diffusion as stage
+from trcgl.stages.pipeline import run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +99,11 @@ def test_demo_command_on_the_vendored_sample(tmp_path):
 
 
 def test_training_without_synthetic_images_says_so(prepared):
-    from trcgl.training.trainer import Trainer
+    from trcgl.stages.train import trainer_for_run
 
     run, overrides = prepared
     with pytest.warns(UserWarning, match="holds no synthetic images"):
-        trainer = Trainer(load_config("nih-demo", overrides), run, progress=False)
+        trainer = trainer_for_run(load_config("nih-demo", overrides), run, progress=False)
     assert not trainer.synthetic and not trainer.is_synthetic.any()
 
 

@@ -92,14 +92,14 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
     """Run (or finish) every stage for ``cfg`` in ``run_dir``; ``log`` gets one line per stage."""
-    from trcgl.diffusion import stage as diffusion
-    from trcgl.evaluation.html_report import write_report
-    from trcgl.evaluation.report import evaluate_run
-    from trcgl.prepare import STAGE_FILE as PREPARE_FILE
-    from trcgl.prepare import is_complete
-    from trcgl.prepare import prepare as run_prepare
+    from trcgl.stages import diffusion
+    from trcgl.stages.evaluate import evaluate_run
+    from trcgl.stages.prepare import STAGE_FILE as PREPARE_FILE
+    from trcgl.stages.prepare import is_complete
+    from trcgl.stages.prepare import prepare as run_prepare
+    from trcgl.stages.report import write_report
+    from trcgl.stages.train import train
     from trcgl.training.trainer import STAGE_FILE as TRAIN_FILE
-    from trcgl.training.trainer import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trcgl.evaluation.html_report import write_report
-from trcgl.evaluation.report import evaluate_run
+from trcgl.stages.evaluate import evaluate_run
+from trcgl.stages.report import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def browser() -> None:
 
 
 def _add_synthetic(run: Path) -> None:
-    """Minimal stand-ins for the diffusion stage's outputs (see test_html_report.py)."""
+    """Minimal stand-ins for the diffusion stage's outputs (see test_report.py)."""
     (run / "diffusion").mkdir()
     (run / "synthetic").mkdir()
     generator = {"loss_before": 0.2, "loss_after": 0.1, "steps": 3, "seconds_per_step": 1.0}

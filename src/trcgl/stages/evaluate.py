@@ -1,10 +1,8 @@
 """``trcgl evaluate``: metrics of a model folder on a run split, in the paper's table layouts.
 
 Writes ``<run>/evaluation/<split>/``: ``metrics.json`` (everything), ``per_class.csv``,
-``predictions.csv`` (CXR-LT layout plus the true labels) and ``tables.md`` with
-
-* Table 1 layout: method | mAP | mAUC | F1 (at 0.5) | F1 (per-class thresholds);
-* Table 2 layout: method | head / medium / tail mAP, mAUC and F1.
+``predictions.csv`` (CXR-LT layout plus the true labels) and ``tables.md`` (Table 1 and
+Table 2 layouts, :mod:`trcgl.evaluation.tables`).
 
 Per-class thresholds are tuned on the validation split (Eq. 26–35 metrics, F1 at the tuned
 thresholds); evaluated on the validation split itself, that F1 is optimistic and says so.
@@ -15,71 +13,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
 from trcgl.evaluation.inference import predict_dataset
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
+from trcgl.evaluation.tables import markdown, method_name, table1_row, table2_row
 from trcgl.files import atomic_write_text
-from trcgl.models.base import Classifier, load_model
-from trcgl.run_dir import RunDir
-from trcgl.training.run_data import RunData
-
-GROUPS = ("head", "medium", "tail")
-
-
-def method_name(model: Classifier) -> str:
-    kw = model.init_kwargs
-    names = {"trcgl_net": "TRCGL-Net", "timm": "", "csra": " + CSRA", "clip_linear": "CLIP"}
-    if model.architecture == "trcgl_net":
-        off = [k for k in ("channel_attention", "spatial_attention", "label_gcn") if not kw[k]]
-        suffix = f" w/o {', '.join(off)}" if off else ""
-        return f"TRCGL-Net ({kw['backbone']}){suffix}"
-    if model.architecture == "clip_linear":
-        return f"CLIP ({kw.get('arch')})"
-    return f"{kw['backbone']}{names[model.architecture]}"
-
-
-def table1_row(name: str, report: MetricsReport) -> dict[str, Any]:
-    s = report.summary["overall"]
-    row = {"method": name, "mAP": s["mAP"], "mAUC": s["mAUC"], "F1": s["macro_F1"]}
-    if report.has_tuned:
-        row["F1 (tuned thr.)"] = s["macro_F1_tuned"]
-    return row
-
-
-def table2_row(name: str, report: MetricsReport) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": name}
-    for metric, key in (("mAP", "mAP"), ("mAUC", "mAUC"), ("F1", "macro_F1")):
-        for g in GROUPS:
-            row[f"{g} {metric}"] = report.summary.get(g, {}).get(key, float("nan"))
-    return row
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    frame = pd.DataFrame(rows)
-    head = "| " + " | ".join(frame.columns) + " |"
-    sep = (
-        "|"
-        + "|".join(
-            "---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns
-        )
-        + "|"
-    )
-
-    def cell(v: Any) -> str:
-        if isinstance(v, str):
-            return v
-        if isinstance(v, int | np.integer):
-            return str(v)
-        return f"{v:.4f}"
-
-    body = ["| " + " | ".join(cell(v) for v in r) + " |" for r in frame.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
+from trcgl.models.base import load_model
+from trcgl.run_dir import MANIFEST, RunDir
 
 
 @dataclass
@@ -113,7 +59,7 @@ def evaluate_run(
     model_dir = Path(model_dir)
     model = load_model(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    data = RunData.load(run_dir)
+    data = run.training_data()
     pre = model.preprocessing or {}
     mean, std = pre.get("mean"), pre.get("std")
     if mean is None:
@@ -164,3 +110,19 @@ def evaluate_run(
     )
     atomic_write_text(out / "tables.md", tables)
     return Evaluation(report, name, split, out)
+
+
+def explain_context(run_dir: Path, classes: tuple[str, ...]):
+    """Tuned thresholds (from ``trcgl evaluate``) and true labels by image file name."""
+    thresholds = None
+    run = RunDir(run_dir)
+    per_class = run.evaluation("val") / "per_class.csv"
+    if per_class.is_file():
+        table = pd.read_csv(per_class).set_index("class")
+        if "threshold" in table:
+            thresholds = table.loc[list(classes), "threshold"].to_numpy()
+    manifest = Manifest.load(run / MANIFEST)
+    y = manifest.frame[list(classes)].to_numpy()
+    names = [Path(p).name for p in manifest.frame["image"]]
+    labels = {n: np.asarray(row) for n, row in zip(names, y, strict=True)}
+    return thresholds, labels

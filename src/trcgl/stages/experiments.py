@@ -256,11 +256,12 @@ def run_experiment(
     ``extra``: overrides applied to every variant after its preset (e.g. a smaller
     ``train.epochs``); ``only``: a subset of the variants, by name.
     """
-    from trcgl.diffusion import stage as diffusion
-    from trcgl.evaluation.report import evaluate_run
-    from trcgl.pipeline import evaluated_split, prepare_classifier
-    from trcgl.prepare import prepare
-    from trcgl.training.trainer import STAGE_FILE, train
+    from trcgl.stages import diffusion
+    from trcgl.stages.evaluate import evaluate_run
+    from trcgl.stages.pipeline import evaluated_split, prepare_classifier
+    from trcgl.stages.prepare import prepare
+    from trcgl.stages.train import train
+    from trcgl.training.trainer import STAGE_FILE
 
     run_dir = Path(run_dir)
     variants = variants_for(table)

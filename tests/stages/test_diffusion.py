@@ -13,8 +13,19 @@ from PIL import Image
 from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.config import load_config
 from trcgl.data.manifest import Manifest
-from trcgl.diffusion import stage
-from trcgl.training.run_data import RunData
+from trcgl.run_dir import RunDir
+from trcgl.stages import diffusion as stage
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, as in tests/diffusion: the tiny models are faster so on 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +50,10 @@ def test_plan_tops_up_each_tail_class(synthesized):
     tail = info["groups"]["tail"]
     assert tail, "the fixture has tail classes"
     plan = pd.read_csv(run / "synthetic" / "plan.csv")
-    counts = RunData.load(run).manifest.subset(split="train", source="real").labels().sum(0)
-    classes = RunData.load(run).manifest.classes
+    counts = (
+        RunDir(run).training_data().manifest.subset(split="train", source="real").labels().sum(0)
+    )
+    classes = RunDir(run).training_data().manifest.classes
     target = int(np.ceil(info["groups"]["tail_below"]))
     for name in tail:
         need = max(0, target - int(counts[classes.index(name)]))
@@ -96,8 +109,8 @@ def test_kept_images_become_weighted_training_rows(synthesized):
     assert np.allclose(frame["weight"], cfg.train.w_syn)
     assert list(frame["image_id"]) == list(kept["image_id"])
     assert np.array_equal(rows.labels(), kept[list(rows.classes)].to_numpy())
-    data = RunData.load(run, synthetic=True)
-    real = RunData.load(run)
+    data = RunDir(run).training_data(synthetic=True)
+    real = RunDir(run).training_data()
     assert len(data.manifest.frame) == len(real.manifest.frame) + len(frame)
     if len(frame):
         ds = data.dataset("train", train=False, mean=(0.5,), std=(0.5,), size=32)

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.config import load_config
 from trcgl.errors import ConfigError
-from trcgl.experiments import (
+from trcgl.stages.experiments import (
     PAPER,
     run_experiment,
     table_frame,

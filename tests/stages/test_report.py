@@ -17,8 +17,8 @@ from PIL import Image
 
 import trcgl
 from trcgl.data.manifest import Manifest
-from trcgl.evaluation.html_report import write_report
-from trcgl.evaluation.report import evaluate_run
+from trcgl.stages.evaluate import evaluate_run
+from trcgl.stages.report import write_report
 
 PNG_URI = "data:image/png;base64,"
 SECTIONS = [

@@ -1,0 +1,67 @@
+"""The paper's table layouts of a metrics report (Table 1: overall; Table 2: frequency groups).
+
+* Table 1 layout: method | mAP | mAUC | F1 (at 0.5) | F1 (per-class thresholds);
+* Table 2 layout: method | head / medium / tail mAP, mAUC and F1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trcgl.evaluation.metrics import MetricsReport
+from trcgl.models.base import Classifier
+
+GROUPS = ("head", "medium", "tail")
+
+
+def method_name(model: Classifier) -> str:
+    kw = model.init_kwargs
+    names = {"trcgl_net": "TRCGL-Net", "timm": "", "csra": " + CSRA", "clip_linear": "CLIP"}
+    if model.architecture == "trcgl_net":
+        off = [k for k in ("channel_attention", "spatial_attention", "label_gcn") if not kw[k]]
+        suffix = f" w/o {', '.join(off)}" if off else ""
+        return f"TRCGL-Net ({kw['backbone']}){suffix}"
+    if model.architecture == "clip_linear":
+        return f"CLIP ({kw.get('arch')})"
+    return f"{kw['backbone']}{names[model.architecture]}"
+
+
+def table1_row(name: str, report: MetricsReport) -> dict[str, Any]:
+    s = report.summary["overall"]
+    row = {"method": name, "mAP": s["mAP"], "mAUC": s["mAUC"], "F1": s["macro_F1"]}
+    if report.has_tuned:
+        row["F1 (tuned thr.)"] = s["macro_F1_tuned"]
+    return row
+
+
+def table2_row(name: str, report: MetricsReport) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": name}
+    for metric, key in (("mAP", "mAP"), ("mAUC", "mAUC"), ("F1", "macro_F1")):
+        for g in GROUPS:
+            row[f"{g} {metric}"] = report.summary.get(g, {}).get(key, float("nan"))
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    frame = pd.DataFrame(rows)
+    head = "| " + " | ".join(frame.columns) + " |"
+    sep = (
+        "|"
+        + "|".join(
+            "---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns
+        )
+        + "|"
+    )
+
+    def cell(v: Any) -> str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, int | np.integer):
+            return str(v)
+        return f"{v:.4f}"
+
+    body = ["| " + " | ".join(cell(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
