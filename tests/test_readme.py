@@ -144,11 +144,13 @@ COMMANDS: dict[str, Run | Skip] = {
     "trcgl experiment table1 -c padchest data.image_root=/data/padchest "
     "diffusion.source=/models/roentgen": Skip(PADCHEST),
     "trcgl experiment table3 -c nih-demo": Run(
-        extra=SMALL_RUN, expect=["runs/nih-demo/experiments/table3.md"]
+        extra=[*SMALL_RUN, "data.labels_csv={nih_subset_csv}"],
+        expect=["runs/nih-demo/experiments/table3.md"],
     ),
     "trcgl experiment table1 -c nih-demo --only ConvNeXt,ConvNeXt + CSRA,TRCGL-Net "
     "--set model.backbone=convnextv2_atto": Run(
-        extra=SMALL_RUN, expect=["runs/nih-demo/experiments/table1.md"]
+        extra=[*SMALL_RUN, "data.labels_csv={nih_subset_csv}"],
+        expect=["runs/nih-demo/experiments/table1.md"],
     ),
     # -- The report
     "trcgl report --run-dir runs/demo": Run(expect=["runs/demo/report.html"]),
@@ -230,6 +232,9 @@ def standins(nih_sample, prepared, trained_run, tmp_path_factory) -> dict[str, P
     for c in CXRLT_CLASSES:
         cxrlt[c] = [int(c.lower().replace("pleural ", "") in f) for f in findings]
     cxrlt.to_csv(root / "cxrlt_train.csv", index=False)
+    # the first 600 rows of the sample, for the experiment tables (8 trainings)
+    subset = pd.read_csv(nih_sample / "Data_Entry_sample.csv").head(600)
+    subset.to_csv(root / "nih_subset.csv", index=False)
     new = root / "new_images"
     new.mkdir()
     for name in sorted(p.name for p in images.iterdir())[:5]:
@@ -239,6 +244,7 @@ def standins(nih_sample, prepared, trained_run, tmp_path_factory) -> dict[str, P
     return {
         "nih_images": images,
         "nih_csv": nih_sample / "Data_Entry_sample.csv",
+        "nih_subset_csv": root / "nih_subset.csv",
         "cxrlt_csv": root / "cxrlt_train.csv",
         "new_images": new,
         "diffusers_folder": base,
@@ -300,20 +306,28 @@ def test_readme_block_runs_as_documented(block, standins, tmp_path, monkeypatch)
         pytest.skip(f"{heading}: " + "; ".join(reasons))
     cwd = _session_dir(tmp_path, standins, [c for c, _, _ in runnable])
     monkeypatch.chdir(cwd)
+    outputs = {}
     for command, words, plan in runnable:
         result = invoke(*_argv(words, plan, standins))
         assert result.exit_code == 0, f"{command}\n{result.output}"
         for path in plan.expect:
             assert (cwd / path).exists(), f"{command}: {path} missing\n{result.output}"
-    _check_outputs(cwd, [c for c, _, _ in runnable])
+        outputs[command] = result.output
+    _check_outputs(cwd, outputs)
 
 
-def _check_outputs(cwd: Path, commands: list[str]) -> None:
+def _check_outputs(cwd: Path, outputs: dict[str, str]) -> None:
     """What the commands' documented outputs must say, beyond existing."""
+    commands = list(outputs)
     if "trcgl demo" in commands:
         summary = json.loads((cwd / "runs/demo/synthetic/summary.json").read_text())
         trained = json.loads((cwd / "runs/demo/train.json").read_text())
         assert trained["synthetic_images"] == summary["kept"] >= 1
+        info = json.loads((cwd / "runs/demo/label_stats.json").read_text())
+        assert info["images"]["train"] + info["images"]["val"] == 2279  # the whole sample
+        for subset in ("overall", "head", "medium", "tail"):  # the one-screen summary
+            assert subset in outputs["trcgl demo"]
+        assert "report: runs/demo/report.html" in outputs["trcgl demo"]
     if any(c.startswith("trcgl train -c nih-demo -c baselines/resnet50") for c in commands):
         saved = json.loads((cwd / "runs/resnet50/model/config.json").read_text())
         assert "resnet50" in json.dumps(saved)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import TINY_DIFFUSION, TINY_TRAIN, invoke
+from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.config import load_config
 from trcgl.stages import diffusion as stage
 from trcgl.stages.pipeline import run_pipeline
@@ -84,18 +84,6 @@ def test_run_without_diffusion_trains_on_real_images(prepared, tmp_path):
     assert not (copy / "synthetic").exists() and not (copy / "diffusion").exists()
     assert json.loads((copy / "train.json").read_text())["synthetic_images"] == 0
     assert result.report is not None and result.report.is_file()
-
-
-def test_demo_command_on_the_vendored_sample(tmp_path):
-    """The README's demo path, with tiny models so that it takes seconds."""
-    out = tmp_path / "demo"
-    result = invoke("demo", "--run-dir", str(out), *TINY_TRAIN, *TINY_DIFFUSION)
-    assert result.exit_code == 0, result.output
-    for subset in ("overall", "head", "medium", "tail"):
-        assert subset in result.output
-    assert (out / "report.html").is_file()
-    info = json.loads((out / "label_stats.json").read_text())
-    assert info["images"]["train"] + info["images"]["val"] == 2279
 
 
 def test_training_without_synthetic_images_says_so(prepared):
