@@ -131,7 +131,7 @@ def _require(run_dir: Path, stage: str, command: str) -> dict[str, Any]:
 
 # -- what to generate ---------------------------------------------------------------------------
 def _info(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "label_stats.json").read_text())
+    return RunDir(run_dir).label_stats()
 
 
 def _target(cfg: Config, info: dict[str, Any]) -> int:
@@ -447,7 +447,7 @@ def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path
             filter_cfg.train.epochs = cfg.diffusion.filter_epochs
         train(filter_cfg, run_dir, progress=progress, out_dir=out, synthetic=False)
         model_dir = out / "model"
-    evaluation = out / "evaluation" / "val"
+    evaluation = RunDir(out).evaluation("val")
     if not (evaluation / "per_class.csv").is_file():
         evaluate_run(
             run_dir, model_dir, "val", cfg.train.batch_size, cfg.train.num_workers, out_dir=out

@@ -75,7 +75,7 @@ def evaluate_run(
     thresholds = tune_thresholds(val_labels, val_probs)
     report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
     name = method_name(model)
-    out = (Path(out_dir) if out_dir is not None else model_dir.parent) / "evaluation" / split
+    out = RunDir(out_dir if out_dir is not None else model_dir.parent).evaluation(split)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "method": name,

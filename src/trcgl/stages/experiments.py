@@ -35,6 +35,7 @@ import pandas as pd
 from trcgl.config import Config
 from trcgl.errors import ConfigError
 from trcgl.files import atomic_write_text, slug
+from trcgl.run_dir import RunDir
 
 __all__ = ["PAPER", "TABLES", "Variant", "run_experiment", "variants_for"]
 
@@ -291,7 +292,7 @@ def run_experiment(
             atomic_write_text(out / "config.yaml", vcfg.to_yaml())
             train(vcfg, run_dir, progress=progress, out_dir=out, synthetic=synthetic)
             trained.append(variant.name)
-        metrics_file = out / "evaluation" / split / "metrics.json"
+        metrics_file = RunDir(out).evaluation(split) / "metrics.json"
         if not metrics_file.is_file():
             evaluate_run(
                 run_dir,

@@ -25,6 +25,7 @@ from typing import Any
 from trcgl.config import Config
 from trcgl.errors import ConfigError
 from trcgl.files import atomic_write_text
+from trcgl.run_dir import RunDir
 
 __all__ = ["PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
 
@@ -45,12 +46,12 @@ class PipelineResult:
 
 def evaluated_split(run_dir: Path) -> str:
     """``test`` when the prepared run has test images, else ``val``."""
-    info = json.loads((run_dir / "label_stats.json").read_text())
+    info = RunDir(run_dir).label_stats()
     return "test" if info.get("images", {}).get("test", 0) > 0 else "val"
 
 
 def _evaluation_done(run_dir: Path, split: str) -> bool:
-    metrics = run_dir / "evaluation" / split / "metrics.json"
+    metrics = RunDir(run_dir).evaluation(split) / "metrics.json"
     trained = run_dir / "train.json"
     return (
         metrics.is_file()
@@ -150,7 +151,7 @@ def run_pipeline(
             num_workers=cfg.train.num_workers,
         ),
     )
-    metrics = json.loads((run_dir / "evaluation" / result.split / "metrics.json").read_text())
+    metrics = json.loads((RunDir(run_dir).evaluation(result.split) / "metrics.json").read_text())
     result.metrics = metrics["summary"]
     result.report = step("report", False, lambda: write_report(run_dir, result.split))
     return result

@@ -51,7 +51,7 @@ from trcgl.evaluation.figures import plot_label_statistics
 from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.labels.groups import FrequencyGroups, frequency_groups
-from trcgl.run_dir import RunDir
+from trcgl.run_dir import LABEL_STATS, RunDir
 
 STAGE_FILE = "prepare.json"
 FORMAT_VOCABULARY = {"cxrlt": "cxrlt30", "padchest": "cxrlt30", "nih": "nih15"}
@@ -294,7 +294,7 @@ def _write(
     atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     p.manifest.save(run_dir / "manifest.parquet")
     atomic_write_text(run_dir / "label_stats.csv", p.stats.to_csv(index=False))
-    atomic_write_text(run_dir / "label_stats.json", json.dumps(p.info, indent=2) + "\n")
+    atomic_write_text(run_dir / LABEL_STATS, json.dumps(p.info, indent=2) + "\n")
     p.graph.save(run_dir / "label_graph.safetensors")
     plot_label_statistics(
         p.groups,

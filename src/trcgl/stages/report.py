@@ -59,7 +59,7 @@ from PIL import Image
 import trcgl
 from trcgl.evaluation.figures import GROUP_COLOURS
 from trcgl.files import atomic_write_text
-from trcgl.run_dir import RunDir
+from trcgl.run_dir import LABEL_STATS, RunDir
 
 __all__ = ["REPORT_NAME", "write_report"]
 
@@ -213,7 +213,7 @@ class _Run:
 
     @property
     def eval_dir(self) -> Path | None:
-        return None if self.split is None else self.run_dir / "evaluation" / self.split
+        return None if self.split is None else RunDir(self.run_dir).evaluation(self.split)
 
     def groups(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {g: [] for g in GROUPS}
@@ -227,7 +227,7 @@ def _choose_split(run_dir: Path, split: str | None) -> str | None:
     if split is not None:
         return split
     for candidate in ("test", "val"):
-        if (run_dir / "evaluation" / candidate / "metrics.json").is_file():
+        if (RunDir(run_dir).evaluation(candidate) / "metrics.json").is_file():
             return candidate
     return None
 
@@ -241,7 +241,7 @@ def _groups_from(frame: pd.DataFrame, group_of: dict[str, str]) -> None:
 
 
 def _load_run(run_dir: Path, split: str | None) -> _Run:
-    info = _read_json(run_dir / "label_stats.json")
+    info = _read_json(run_dir / LABEL_STATS)
     classes: list[str] = list(info.get("classes", [])) if info else []
     group_of: dict[str, str] = {}
     if info and "groups" in info:
@@ -254,7 +254,7 @@ def _load_run(run_dir: Path, split: str | None) -> _Run:
         classes = classes or frame["class"].astype(str).tolist()
         _groups_from(frame, group_of)
     chosen = _choose_split(run_dir, split)
-    per_class = run_dir / "evaluation" / str(chosen) / "per_class.csv"
+    per_class = RunDir(run_dir).evaluation(str(chosen)) / "per_class.csv"
     if per_class.is_file():
         frame = pd.read_csv(per_class)
         classes = classes or frame["class"].astype(str).tolist()
