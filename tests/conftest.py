@@ -40,6 +40,17 @@ def padchest(padchest_csv: Path) -> ReadResult:
     return read_padchest(padchest_csv)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the tiny diffusion models are faster so on 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def invoke(*args: str):
     """Run the ``trcgl`` command line in-process (exceptions propagate)."""
     from typer.testing import CliRunner

@@ -16,16 +16,7 @@ from trcgl.data.manifest import Manifest
 from trcgl.run_dir import RunDir
 from trcgl.stages import diffusion as stage
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as in tests/diffusion: the tiny models are faster so on 2 cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as in tests/diffusion
 
 
 @pytest.fixture(scope="module")
