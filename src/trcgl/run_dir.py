@@ -30,9 +30,6 @@ MANIFEST = "manifest.parquet"
 LABEL_GRAPH = "label_graph.safetensors"
 #: The kept synthetic images as manifest rows, their paths relative to the run directory.
 SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
-#: The classifier's model folder and the record its training writes last.
-MODEL_DIR = "model"
-TRAIN_RECORD = "train.json"
 
 
 class RunDir:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import shutil
 import time
@@ -68,8 +67,6 @@ __all__ = [
     "stage_done",
     "train_stage",
 ]
-
-log = logging.getLogger(__name__)
 
 DIFFUSION_DIR = "diffusion"
 SYNTHETIC_DIR = "synthetic"
