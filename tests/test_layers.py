@@ -3,7 +3,7 @@ included): layers point down only, and no module imports itself through others.
 
     cli  →  stages  →  run_dir  →  libraries  →  foundation
                                    (data, labels, models,       (config, errors, files,
-                                    diffusion, training,          progress, resources)
+                                    diffusion, training,          progress, registry, resources)
                                     evaluation)
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "trcgl"
 LIBRARIES = ("data", "labels", "models", "diffusion", "training", "evaluation")
-FOUNDATION = ("config", "errors", "files", "progress", "resources")
+FOUNDATION = ("config", "errors", "files", "progress", "registry", "resources")
 
 
 def layer(module: str) -> int:
@@ -114,3 +114,20 @@ def test_the_checker_sees_the_stages_imports():
     graph = import_graph()
     assert "trcgl.run_dir" in graph["trcgl.stages.train"]
     assert "trcgl.training.trainer" in graph["trcgl.stages.train"]
+
+
+def test_registries_load_libraries_only():
+    """A registry imports the module that fills it on first lookup (the one import not written
+    as an import statement): it must be a library, never a stage or the CLI."""
+    tree = ast.parse((PACKAGE / "registry.py").read_text(encoding="utf-8"))
+    loaded = [
+        node.args[1].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "Registry"
+        and len(node.args) == 2
+        and isinstance(node.args[1], ast.Constant)
+    ]
+    assert len(loaded) == 3
+    modules = import_graph()
+    assert all(m in modules and layer(m) == 1 for m in loaded), loaded

@@ -86,6 +86,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "trcgl prepare --config my.yaml --run-dir runs/exp1 split.seed=1 images.size=512": Run(
         expect=["runs/exp1/cache/512", "runs/exp1/prepare.json"]
     ),
+    "trcgl list": Run(),
     # -- Training, evaluation, prediction, attention maps
     "trcgl train -c padchest data.image_root=/data/padchest": Skip(PADCHEST),
     "trcgl train -c padchest -c baselines/resnet50 --run-dir runs/resnet50": Skip(PADCHEST),
@@ -319,6 +320,11 @@ def test_readme_block_runs_as_documented(block, standins, tmp_path, monkeypatch)
 def _check_outputs(cwd: Path, outputs: dict[str, str]) -> None:
     """What the commands' documented outputs must say, beyond existing."""
     commands = list(outputs)
+    if "trcgl list" in commands:  # every registered name, as the configuration accepts it
+        text = outputs["trcgl list"]
+        for name in ("nih-demo", "baselines/resnet50", "padchest", "plain", "trcgl_net", "csra"):
+            assert name in text
+        assert "ldam_drw" in text and "gamma_neg" in text  # a loss and one of its options
     if "trcgl demo" in commands:
         summary = json.loads((cwd / "runs/demo/synthetic/summary.json").read_text())
         trained = json.loads((cwd / "runs/demo/train.json").read_text())

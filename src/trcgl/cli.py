@@ -387,6 +387,39 @@ def experiment(
     console.print(f"written to [bold]{result.csv}[/] and [bold]{result.markdown}[/]")
 
 
+@app.command("list")
+def list_cmd() -> None:
+    """What a configuration can choose by name: presets (`-c`), data formats (`data.format`),
+    architectures (`model.architecture`) and losses (`train.loss`, with the options
+    `train.loss_options` takes)."""
+    import inspect
+
+    from trcgl.registry import ARCHITECTURES, DATA_FORMATS, LOSSES
+
+    def first_line(obj: object) -> str:
+        return (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
+
+    console.print("[bold]presets[/] (-c): " + ", ".join(preset_names()), soft_wrap=True)
+    tables = {
+        ("data formats (data.format)", "reads"): [
+            (name, DATA_FORMATS.get(name).description) for name in DATA_FORMATS.names()
+        ],
+        ("architectures (model.architecture)", "what"): [
+            (name, first_line(ARCHITECTURES.get(name))) for name in ARCHITECTURES.names()
+        ],
+        ("losses (train.loss)", "options (train.loss_options)"): [
+            (name, ", ".join(LOSSES.get(name).options())) for name in LOSSES.names()
+        ],
+    }
+    for (title, column), rows in tables.items():
+        out = Table(title=title, title_justify="left")
+        out.add_column("name", no_wrap=True)
+        out.add_column(column)
+        for name, text in rows:
+            out.add_row(name, escape(text))
+        console.print(out)
+
+
 diffusion_app = typer.Typer(
     help="Prompt-latent diffusion for the tail classes: train, sample, filter (docs/method.md §1).",
     no_args_is_help=True,

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from trcgl.errors import ConfigError
+from trcgl.registry import ARCHITECTURES, DATA_FORMATS, LOSSES
 
 PRESET_DIR = "configs"
 PACKAGE_SCHEME = "trcgl://"
@@ -33,9 +34,10 @@ PACKAGE_SCHEME = "trcgl://"
 class DataConfig:
     """Where the labels and images are, and how to read them."""
 
-    #: ``cxrlt`` (CXR-LT 2026 CSV), ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV),
-    #: ``plain`` (image, patient_id, labels).
-    format: Literal["cxrlt", "padchest", "nih", "plain"] = "padchest"
+    #: A registered format (``trcgl formats`` lists them): ``cxrlt`` (CXR-LT 2026 CSV),
+    #: ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV), ``plain`` (image,
+    #: patient_id, labels).
+    format: str = "padchest"
     #: The label CSV. ``None``: for ``padchest`` and ``nih``, the copy shipped inside the
     #: installed ``torchxrayvision`` wheel.
     labels_csv: str | None = None
@@ -100,9 +102,10 @@ class ImagesConfig:
 class ModelConfig:
     """The classifier (docs/method.md §2–§3). ``architecture`` picks TRCGL-Net or a baseline."""
 
-    #: ``trcgl_net``; baselines: ``timm`` (timm's own head: ResNet-50, EfficientNet-B0,
-    #: ConvNeXt, ViT-B/16), ``csra`` (ConvNeXt + CSRA head), ``clip_linear`` (CLIP image tower).
-    architecture: Literal["trcgl_net", "timm", "csra", "clip_linear"] = "trcgl_net"
+    #: A registered architecture (``trcgl architectures`` lists them): ``trcgl_net``;
+    #: baselines: ``timm`` (timm's own head: ResNet-50, EfficientNet-B0, ConvNeXt, ViT-B/16),
+    #: ``csra`` (ConvNeXt + CSRA head), ``clip_linear`` (CLIP image tower).
+    architecture: str = "trcgl_net"
     #: A timm model name (for ``clip_linear``: an open_clip architecture such as ViT-B-16).
     backbone: str = "convnextv2_tiny"
     #: ``hub`` (the library's default pretrained weights), a hub tag (``hf-hub:…``; open_clip
@@ -154,7 +157,12 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     #: Stop when validation mAP has not improved for this many epochs (0: never).
     early_stopping_patience: int = 10
-    loss: Literal["bce", "asl", "db", "ldam", "ldam_drw"] = "db"
+    #: A registered loss (``trcgl losses`` lists them with their options): ``bce``, ``asl``,
+    #: ``db``, ``ldam``, ``ldam_drw``.
+    loss: str = "db"
+    #: Keyword options of that loss, e.g. ``{gamma_neg: 2}`` for ``asl``; checked against the
+    #: loss's constructor. ``ldam_drw``'s ``drw_start_epoch`` defaults to 80 % of ``epochs``.
+    loss_options: dict[str, Any] = field(default_factory=dict)
     #: ``repeat_factor``: repeat-factor sampling (LVIS), as in the authors' code.
     sampler: Literal["random", "repeat_factor"] = "repeat_factor"
     repeat_threshold: float = 0.001
@@ -302,13 +310,18 @@ class Config:
             raise ConfigError("model.reduction, model.embed_dim and model.hidden_dim must be >= 1")
         if m.csra_heads not in (1, 2, 4, 6, 8):
             raise ConfigError(f"model.csra_heads must be one of 1, 2, 4, 6, 8, got {m.csra_heads}")
+        ARCHITECTURES.get(m.architecture)
+        LOSSES.get(t.loss).check_options(t.loss_options, "train.loss_options")
         self._validate_diffusion()
-        if self.data.format == "plain" and not (self.data.classes or self.data.vocabulary):
-            raise ConfigError("data.format 'plain' needs data.classes or data.vocabulary")
-        if self.data.format == "plain" and self.data.labels_csv is None:
-            raise ConfigError("data.labels_csv is required for data.format 'plain'")
-        if self.data.format == "cxrlt" and self.data.labels_csv is None:
-            raise ConfigError("data.labels_csv is required for data.format 'cxrlt'")
+        self._validate_data()
+
+    def _validate_data(self) -> None:
+        d = self.data
+        fmt = DATA_FORMATS.get(d.format)
+        if fmt.vocabulary is None and not (d.classes or d.vocabulary):
+            raise ConfigError(f"data.format {d.format!r} needs data.classes or data.vocabulary")
+        if fmt.installed_csv is None and d.labels_csv is None:
+            raise ConfigError(f"data.labels_csv is required for data.format {d.format!r}")
 
     def _validate_diffusion(self) -> None:
         d = self.diffusion
@@ -362,6 +375,10 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")

@@ -19,6 +19,8 @@ import json
 from pathlib import Path, PurePath
 from typing import Any
 
+import pandas as pd
+
 from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
 from trcgl.labels.graph import LabelGraph
@@ -30,6 +32,8 @@ MANIFEST = "manifest.parquet"
 LABEL_GRAPH = "label_graph.safetensors"
 #: The kept synthetic images as manifest rows, their paths relative to the run directory.
 SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
+#: Per-class metrics and tuned thresholds of one evaluation split.
+PER_CLASS = "per_class.csv"
 
 
 class RunDir:
@@ -73,6 +77,18 @@ class RunDir:
     def evaluation(self, split: str) -> Path:
         """``evaluation/<split>/``, where ``trcgl evaluate`` writes."""
         return self.root / "evaluation" / split
+
+    def tuned_thresholds(self, split: str = "val") -> dict[str, float] | None:
+        """Per-class thresholds that ``trcgl evaluate`` tuned (F1-optimal on the validation
+        split) and wrote to ``evaluation/<split>/per_class.csv``, by class name (NaN where the
+        table has none); ``None`` when the run has not been evaluated on ``split``."""
+        path = self.evaluation(split) / PER_CLASS
+        if not path.is_file():
+            return None
+        table = pd.read_csv(path)
+        if "threshold" not in table:
+            return None
+        return dict(zip(table["class"].astype(str), table["threshold"].astype(float), strict=True))
 
     def has_synthetic(self) -> bool:
         return (self.root / SYNTHETIC_MANIFEST).is_file()

@@ -287,3 +287,31 @@ def test_clip_image_size_and_quick_gelu(tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "m")
     assert any(isinstance(m, QuickGELU) for m in loaded.modules())
     assert loaded.init_kwargs["image_size"] == 48
+
+
+@pytest.mark.parametrize("name", [*BUILDERS, "trcgl_net"])
+def test_forward_is_the_head_on_the_features(name: str) -> None:
+    """timm's split: ``forward_features`` gives the backbone's output (a feature map, a ViT's
+    token sequence, or CLIP's pooled embedding), ``forward_head`` the logits from it; a timm
+    baseline's logits equal timm's own forward of the same network."""
+    from trcgl.models.trcgl_net import TRCGLNet
+
+    if name == "trcgl_net":
+        torch.manual_seed(0)
+        model: Classifier = TRCGLNet(
+            classes=CLASSES, backbone="convnextv2_atto", pretrained=None, label_gcn=False
+        )
+        images = torch.randn(2, 3, 64, 64)
+    else:
+        model, images = build(name)
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(images)
+        logits = model(images)["logits"]
+        assert torch.equal(model.forward_head(features)["logits"], logits)
+        if isinstance(model, TimmClassifier):
+            assert torch.equal(model.model(images), logits)
+    expected_dim = 2 if isinstance(model, CLIPClassifier) else 3 if "vit" in name else 4
+    assert features.dim() == expected_dim
+    if name in ("trcgl_net", "csra-convnextv2"):  # 64 px / 32: a 2×2 map of 320 channels
+        assert features.shape == (2, 320, 2, 2)

@@ -56,7 +56,8 @@ from trcgl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Datasets whose label sets :func:`build_prompt` understands (the reader formats).
+#: Prompt styles (each data format names one as its ``prompt_style``): ``padchest`` relates
+#: report localisations to labels through the finding mapping; the others use labels and view.
 DATASETS: tuple[str, ...] = ("padchest", "nih", "cxrlt", "plain")
 #: The CLIP text encoder's sequence length L (Eq. 1), start and end tokens included.
 CLIP_MAX_LENGTH = 77

@@ -12,21 +12,8 @@ import numpy as np
 import pandas as pd
 
 from trcgl.evaluation.metrics import MetricsReport
-from trcgl.models.base import Classifier
 
 GROUPS = ("head", "medium", "tail")
-
-
-def method_name(model: Classifier) -> str:
-    kw = model.init_kwargs
-    names = {"trcgl_net": "TRCGL-Net", "timm": "", "csra": " + CSRA", "clip_linear": "CLIP"}
-    if model.architecture == "trcgl_net":
-        off = [k for k in ("channel_attention", "spatial_attention", "label_gcn") if not kw[k]]
-        suffix = f" w/o {', '.join(off)}" if off else ""
-        return f"TRCGL-Net ({kw['backbone']}){suffix}"
-    if model.architecture == "clip_linear":
-        return f"CLIP ({kw.get('arch')})"
-    return f"{kw['backbone']}{names[model.architecture]}"
 
 
 def table1_row(name: str, report: MetricsReport) -> dict[str, Any]:

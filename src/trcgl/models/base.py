@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,34 +26,36 @@ from torch import nn
 
 from trcgl.errors import DataError
 from trcgl.files import atomic_path, atomic_write_text
+from trcgl.registry import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from trcgl.config import ModelConfig
+    from trcgl.labels.graph import LabelGraph
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
-_REGISTRY: dict[str, type[Classifier]] = {}
-
 
 def register(name: str) -> Callable[[type[Classifier]], type[Classifier]]:
-    """Class decorator: make an architecture loadable from a model folder by ``name``."""
+    """Class decorator: register an architecture under ``name`` (the ``model.architecture``
+    value that builds it, and the name its model folders are loaded by)."""
 
     def wrap(cls: type[Classifier]) -> type[Classifier]:
         cls.architecture = name
-        _REGISTRY[name] = cls
-        return cls
+        return ARCHITECTURES.register(name)(cls)
 
     return wrap
 
 
 def architectures() -> list[str]:
-    """The registered architectures (``trcgl.models`` imports every shipped one, so they are
-    registered whenever this module is imported)."""
-    return sorted(_REGISTRY)
+    """The registered architectures (``trcgl.models`` imports every shipped one)."""
+    return ARCHITECTURES.names()
 
 
 class Classifier(nn.Module):
     """Base class. Subclasses set ``self.init_kwargs`` (JSON-serialisable constructor arguments,
-    class names included as ``classes``) and implement ``forward``, ``backbone_parameters`` and
-    ``head_parameters``."""
+    class names included as ``classes``) and implement ``from_config``,
+    ``forward_features``, ``forward_head``, ``backbone_parameters`` and ``display_name``."""
 
     architecture: ClassVar[str] = ""
     init_kwargs: dict[str, Any]
@@ -71,6 +73,40 @@ class Classifier(nn.Module):
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        classes: list[str],
+        graph: LabelGraph | None,
+        image_size: int | None,
+    ) -> Classifier:
+        """Build from the ``model`` config section, the class names, the training label graph
+        and the training image size (for architectures with a fixed input size)."""
+        raise NotImplementedError
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's output for normalised images B×3×H×W: a feature map B×D×h×w (the
+        image embedding B×D for towers that pool inside, such as CLIP's)."""
+        raise NotImplementedError
+
+    def forward_head(
+        self, features: torch.Tensor, return_attention: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The head on :meth:`forward_features`' output: ``{"logits": B×C}`` and, with
+        ``return_attention``, the class attention maps where the head has them."""
+        raise NotImplementedError
+
+    def forward(
+        self, images: torch.Tensor, return_attention: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """``forward_head(forward_features(images))`` (timm's split of a classifier)."""
+        return self.forward_head(self.forward_features(images), return_attention)
+
+    def display_name(self) -> str:
+        """The method's name in result tables, e.g. ``TRCGL-Net (convnextv2_tiny)``."""
+        raise NotImplementedError
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
@@ -124,7 +160,7 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"not a model folder: no {CONFIG_FILE}", path=folder)
     config = json.loads(path.read_text())
-    if config.get("architecture") not in _REGISTRY:
+    if config.get("architecture") not in ARCHITECTURES:
         raise DataError(
             f"unknown architecture {config.get('architecture')!r}; known: {architectures()}",
             path=path,
@@ -166,7 +202,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Classi
     """Rebuild a classifier from a model folder written by ``save_pretrained``."""
     folder = Path(folder)
     config = read_model_config(folder)
-    cls = _REGISTRY[config["architecture"]]
+    cls = ARCHITECTURES.get(config["architecture"])
     kwargs = dict(config["kwargs"])
     kwargs["pretrained"] = None  # weights come from the folder
     kwargs.update(cls.folder_kwargs(folder))

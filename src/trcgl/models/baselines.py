@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,6 +37,10 @@ from torch import nn
 from trcgl.errors import ConfigError, DataError
 from trcgl.models.backbone import FeatureMap, create_backbone
 from trcgl.models.base import Classifier, load_state, register
+
+if TYPE_CHECKING:
+    from trcgl.config import ModelConfig
+    from trcgl.labels.graph import LabelGraph
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -119,6 +123,25 @@ class TimmClassifier(_NormalizationFromKwargs, Classifier):
     (there is no attention map).
     """
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        classes: list[str],
+        graph: LabelGraph | None,
+        image_size: int | None,
+    ) -> TimmClassifier:
+        return cls(
+            classes=classes,
+            backbone=cfg.backbone,
+            pretrained=cfg.pretrained,
+            drop_path_rate=cfg.drop_path_rate,
+            img_size=image_size,
+        )
+
+    def display_name(self) -> str:
+        return str(self.init_kwargs["backbone"])
+
     def __init__(
         self,
         *,
@@ -155,9 +178,7 @@ class TimmClassifier(_NormalizationFromKwargs, Classifier):
             "std": norm_std,
         }
 
-    def forward(
-        self, images: torch.Tensor, return_attention: bool = False
-    ) -> dict[str, torch.Tensor]:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         embed = getattr(self.model, "patch_embed", None)
         if embed is not None and getattr(embed, "strict_img_size", False):
             wanted = tuple(int(v) for v in embed.img_size)
@@ -168,7 +189,12 @@ class TimmClassifier(_NormalizationFromKwargs, Classifier):
                     f"inputs, got {got[0]}×{got[1]}; build it for this size (img_size, which "
                     "training sets from images.size) or resize the images"
                 )
-        return {"logits": self.model(images)}
+        return self.model.forward_features(images)
+
+    def forward_head(
+        self, features: torch.Tensor, return_attention: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return {"logits": self.model.forward_head(features)}
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         head = {id(p) for p in _params(self.model.get_classifier())}
@@ -268,6 +294,26 @@ class CSRAClassifier(_NormalizationFromKwargs, Classifier):
     the softmax maps softmax(T·S) of the first head (T = 1), B×C×H×W.
     """
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        classes: list[str],
+        graph: LabelGraph | None,
+        image_size: int | None,
+    ) -> CSRAClassifier:
+        return cls(
+            classes=classes,
+            backbone=cfg.backbone,
+            pretrained=cfg.pretrained,
+            num_heads=cfg.csra_heads,
+            lam=cfg.csra_lam,
+            drop_path_rate=cfg.drop_path_rate,
+        )
+
+    def display_name(self) -> str:
+        return f"{self.init_kwargs['backbone']} + CSRA"
+
     def __init__(
         self,
         *,
@@ -307,10 +353,12 @@ class CSRAClassifier(_NormalizationFromKwargs, Classifier):
             "std": norm_std,
         }
 
-    def forward(
-        self, images: torch.Tensor, return_attention: bool = False
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def forward_head(
+        self, x: torch.Tensor, return_attention: bool = False
     ) -> dict[str, torch.Tensor]:
-        x = self.features(images)
         out = {"logits": self.head(x)}
         if return_attention:
             first = self.head.heads[0]
@@ -440,6 +488,21 @@ class CLIPClassifier(_NormalizationFromKwargs, Classifier):
     ``forward`` returns ``{"logits": B×C}``; ``return_attention`` is accepted and ignored.
     """
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        classes: list[str],
+        graph: LabelGraph | None,
+        image_size: int | None,
+    ) -> CLIPClassifier:
+        return cls(
+            classes=classes, arch=cfg.backbone, pretrained=cfg.pretrained, image_size=image_size
+        )
+
+    def display_name(self) -> str:
+        return f"CLIP ({self.init_kwargs.get('arch')})"
+
     def __init__(
         self,
         *,
@@ -507,10 +570,13 @@ class CLIPClassifier(_NormalizationFromKwargs, Classifier):
             "std": norm_std,
         }
 
-    def forward(
-        self, images: torch.Tensor, return_attention: bool = False
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)  # the tower pools itself: the image embedding B×D
+
+    def forward_head(
+        self, features: torch.Tensor, return_attention: bool = False
     ) -> dict[str, torch.Tensor]:
-        return {"logits": self.head(self.visual(images))}
+        return {"logits": self.head(features)}
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.visual.parameters()

@@ -16,14 +16,17 @@ Element losses are computed in (at least) float32 whatever the logits' dtype. Cl
 zero training images are safe: counts are clamped to ``≥ 1`` wherever they divide or are
 raised to a negative power, so no buffer holds ``inf`` or ``NaN``.
 
-:func:`build_loss` builds any of them by name from the training-set class counts. All losses
+:func:`build_loss` builds any of them by name from the training-set class counts; each is
+registered in :data:`trcgl.registry.LOSSES` (a new loss: its class here and one
+``LOSSES.add`` line), and its keyword options can be set from ``train.loss_options``. All losses
 have ``set_epoch(epoch)`` (only LDAM-DRW uses it).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,12 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trcgl.errors import ConfigError
+from trcgl.registry import LOSSES, check_option_names, keyword_options
+
 __all__ = [
     "LOSSES",
     "AsymmetricLoss",
     "BCELoss",
     "DistributionBalancedLoss",
     "LDAMLoss",
+    "LossSpec",
     "MultiLabelLoss",
     "build_loss",
     "drw_class_weights",
@@ -420,40 +427,54 @@ class LDAMLoss(MultiLabelLoss):
         return loss
 
 
-def _bce(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
-    return BCELoss(num_classes=len(counts), **options)
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss (a ``train.loss`` name): its class and the option defaults its name
+    implies (``ldam_drw`` is LDAM with deferred re-weighting on)."""
+
+    cls: type[MultiLabelLoss]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def options(self) -> list[str]:
+        """What a user may set (``train.loss_options``): the constructor's keyword arguments
+        other than those filled from the training data."""
+        return sorted(keyword_options(self.cls, DATA_ARGUMENTS))
+
+    def build(self, class_counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
+        accepted = inspect.signature(self.cls.__init__).parameters
+        data = {
+            "class_counts": class_counts,
+            "num_samples": num_samples,
+            "num_classes": len(class_counts),
+        }
+        kwargs = {k: v for k, v in data.items() if k in accepted}
+        return self.cls(**kwargs, **{**self.defaults, **options})
+
+    def check_options(self, options: Mapping[str, Any], key: str) -> None:
+        """Unknown option names, and values the loss refuses, as a :class:`ConfigError` that
+        names ``key`` (checked before any work by building the loss for two dummy classes, or
+        for as many as a list-valued option has)."""
+        accepted = keyword_options(self.cls, DATA_ARGUMENTS)
+        check_option_names(key, options, accepted)
+        sizes = [len(v) for v in options.values() if isinstance(v, list)]
+        num_classes = sizes[0] if sizes else 2
+        try:
+            self.build(np.ones(num_classes), 4, **options)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{key}: {exc}") from None
 
 
-def _asl(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
-    return AsymmetricLoss(num_classes=len(counts), **options)
-
-
-def _db(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
-    return DistributionBalancedLoss(counts, num_samples, **options)
-
-
-def _ldam(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
-    return LDAMLoss(counts, **options)
-
-
-def _ldam_drw(counts: np.ndarray, num_samples: int, **options: Any) -> MultiLabelLoss:
-    options.setdefault("drw_start_epoch", LDAM_DRW_DEFAULT_START_EPOCH)
-    return LDAMLoss(counts, **options)
-
+#: Constructor arguments that the trainer fills from the training data.
+DATA_ARGUMENTS = ("class_counts", "num_samples", "num_classes")
 
 #: Cao et al. switch DRW on at epoch 160 of 200 (CIFAR); pass ``drw_start_epoch`` for others.
 LDAM_DRW_DEFAULT_START_EPOCH = 160
 
-#: name → (builder, the class whose keyword options it accepts)
-LOSSES: dict[str, tuple[Callable[..., MultiLabelLoss], type[MultiLabelLoss]]] = {
-    "bce": (_bce, BCELoss),
-    "asl": (_asl, AsymmetricLoss),
-    "db": (_db, DistributionBalancedLoss),
-    "ldam": (_ldam, LDAMLoss),
-    "ldam_drw": (_ldam_drw, LDAMLoss),
-}
-
-_NOT_OPTIONS = {"self", "class_counts", "num_samples", "num_classes"}
+LOSSES.add("bce", LossSpec(BCELoss))
+LOSSES.add("asl", LossSpec(AsymmetricLoss))
+LOSSES.add("db", LossSpec(DistributionBalancedLoss))
+LOSSES.add("ldam", LossSpec(LDAMLoss))
+LOSSES.add("ldam_drw", LossSpec(LDAMLoss, {"drw_start_epoch": LDAM_DRW_DEFAULT_START_EPOCH}))
 
 
 def build_loss(
@@ -462,7 +483,8 @@ def build_loss(
     num_samples: int,
     **options: Any,
 ) -> nn.Module:
-    """Build a loss by name: ``"bce"``, ``"asl"``, ``"db"``, ``"ldam"`` or ``"ldam_drw"``.
+    """Build a registered loss by name (``"bce"``, ``"asl"``, ``"db"``, ``"ldam"``,
+    ``"ldam_drw"``, …; :data:`trcgl.registry.LOSSES`).
 
     ``class_counts`` (C,): training images containing each class; ``num_samples``: training
     images. ``options`` go to the loss's constructor (e.g. ``gamma_neg=4`` for ``"asl"``,
@@ -471,9 +493,9 @@ def build_loss(
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
-    builder, cls = LOSSES[key]
-    accepted = sorted(set(inspect.signature(cls.__init__).parameters) - _NOT_OPTIONS)
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES.names())}")
+    spec: LossSpec = LOSSES.get(key)
+    accepted = spec.options()
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
@@ -482,4 +504,4 @@ def build_loss(
         )
     counts = _counts_array(class_counts)
     num_samples = _check_num_samples(counts, num_samples)
-    return builder(counts, num_samples, **options)
+    return spec.build(counts, num_samples, **options)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from trcgl.models.backbone import FeatureMap, create_backbone
 from trcgl.models.base import Classifier, register
 from trcgl.models.label_gcn import LabelGCN
 
+if TYPE_CHECKING:
+    from trcgl.config import ModelConfig
+
 GRAPH_FILE = "label_graph.safetensors"
 
 
@@ -39,6 +42,40 @@ GRAPH_FILE = "label_graph.safetensors"
 class TRCGLNet(Classifier):
     """TRCGL-Net. ``graph`` (the saved label graph) is required when ``label_gcn`` is on and
     must list the same classes in the same order."""
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        classes: list[str],
+        graph: LabelGraph | None,
+        image_size: int | None,
+    ) -> TRCGLNet:
+        return cls(
+            classes=classes,
+            backbone=cfg.backbone,
+            pretrained=cfg.pretrained,
+            graph=graph if cfg.label_gcn else None,
+            channel_attention=cfg.channel_attention,
+            spatial_attention=cfg.spatial_attention,
+            label_gcn=cfg.label_gcn,
+            reduction=cfg.reduction,
+            reweight_scale=cfg.reweight_scale,
+            spatial_class_weights=cfg.spatial_class_weights,
+            lam=cfg.lam,
+            alpha=cfg.alpha,
+            embed_dim=cfg.embed_dim,
+            hidden_dim=cfg.hidden_dim,
+            label_score=cfg.label_score,
+            drop_rate=cfg.drop_rate,
+            drop_path_rate=cfg.drop_path_rate,
+        )
+
+    def display_name(self) -> str:
+        kw = self.init_kwargs
+        off = [k for k in ("channel_attention", "spatial_attention", "label_gcn") if not kw[k]]
+        suffix = f" w/o {', '.join(off)}" if off else ""
+        return f"TRCGL-Net ({kw['backbone']}){suffix}"
 
     def __init__(
         self,
@@ -118,10 +155,12 @@ class TRCGLNet(Classifier):
 
     # -- forward --------------------------------------------------------------------------
 
-    def forward(
-        self, images: torch.Tensor, return_attention: bool = False
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)  # Eq. 7
+
+    def forward_head(
+        self, x: torch.Tensor, return_attention: bool = False
     ) -> dict[str, torch.Tensor]:
-        x = self.features(images)  # Eq. 7
         x_r = self.reweight(x) if self.reweight is not None else x  # Eq. 8–10
         s_gap = self.classifier(self.dropout(x.mean(dim=(2, 3))))  # Eq. 11
         out: dict[str, torch.Tensor] = {"s_gap": s_gap}

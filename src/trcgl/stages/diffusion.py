@@ -54,6 +54,7 @@ from trcgl.data.manifest import Manifest
 from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_write_text, slug
 from trcgl.progress import runtime_line, say
+from trcgl.registry import DATA_FORMATS
 from trcgl.run_dir import SYNTHETIC_MANIFEST, RunDir
 from trcgl.training.data import TrainingData
 
@@ -81,7 +82,6 @@ RECORDS = {
 UPSTREAM = {"sample": "train", "filter": "sample"}
 #: Images sampled per seeded chunk.
 SAMPLE_CHUNK = 64
-PROMPT_STYLE = {"padchest": "padchest", "nih": "nih", "cxrlt": "cxrlt", "plain": "plain"}
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def plan_for_run(
         tail,
         _target(cfg, info),
         seed=cfg.diffusion.seed,
-        dataset=PROMPT_STYLE[cfg.data.format],
+        dataset=DATA_FORMATS.get(cfg.data.format).prompt_style,
         tokenizer=tokenizer,
     )
     cap = cfg.diffusion.max_per_class
@@ -210,7 +210,9 @@ def _dataset(cfg: Config, run_dir: Path, data: TrainingData, progress: bool, tok
     if len(rows) == 0:
         raise DataError("no real training images carry a tail class", path=run_dir)
     root = _generator_cache(cfg, data, rows, info, progress, run_dir)
-    prompts = prompts_for_manifest(rows, PROMPT_STYLE[cfg.data.format], tokenizer=tokenizer)
+    prompts = prompts_for_manifest(
+        rows, DATA_FORMATS.get(cfg.data.format).prompt_style, tokenizer=tokenizer
+    )
     dataset = PromptImageDataset(
         rows,
         root,
@@ -425,9 +427,9 @@ def sample_stage(
 
 
 # -- filter ---------------------------------------------------------------------------------------
-def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path, Path]:
-    """The filter's model folder, and its validation evaluation folder (trained here on real
-    images unless ``diffusion.filter_model`` names one)."""
+def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path, RunDir]:
+    """The filter's model folder, and the folder it was evaluated in on the validation split
+    (trained here on real images unless ``diffusion.filter_model`` names one)."""
     from trcgl.stages.evaluate import evaluate_run
     from trcgl.stages.train import train
 
@@ -444,21 +446,23 @@ def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path
             filter_cfg.train.epochs = cfg.diffusion.filter_epochs
         train(filter_cfg, run_dir, progress=progress, out_dir=out, synthetic=False)
         model_dir = out / "model"
-    evaluation = RunDir(out).evaluation("val")
-    if not (evaluation / "per_class.csv").is_file():
+    filter_run = RunDir(out)
+    if filter_run.tuned_thresholds("val") is None:
         evaluate_run(
             run_dir, model_dir, "val", cfg.train.batch_size, cfg.train.num_workers, out_dir=out
         )
-    return model_dir, evaluation
+    return model_dir, filter_run
 
 
-def _thresholds(cfg: Config, evaluation: Path, classes: list[str]) -> float | dict[str, float]:
+def _thresholds(cfg: Config, filter_run: RunDir, classes: list[str]) -> float | dict[str, float]:
+    """``diffusion.prob_threshold``, else the filter classifier's tuned threshold per class
+    (0.5 where it has none)."""
     if cfg.diffusion.prob_threshold is not None:
         return cfg.diffusion.prob_threshold
-    table = pd.read_csv(evaluation / "per_class.csv").set_index("class")
+    tuned = filter_run.tuned_thresholds("val") or {}
     out = {}
     for c in classes:
-        value = table["threshold"].get(c, np.nan) if "threshold" in table else np.nan
+        value = tuned.get(c, np.nan)
         out[c] = float(value) if np.isfinite(value) else 0.5
     return out
 
@@ -494,10 +498,10 @@ def filter_stage(
         payload = {"planned": 0, "made": 0, "kept": 0, "rejected": {}, "per_class": {}}
         return _write_record(run_dir, "filter", payload, started)
 
-    model_dir, evaluation = _filter_classifier(cfg, run_dir, progress)
+    model_dir, filter_run = _filter_classifier(cfg, run_dir, progress)
     model = load_model(model_dir).to(_device()).eval()
     targets = plan["target_class"].astype(str).tolist()
-    thresholds = _thresholds(cfg, evaluation, sorted(set(targets)))
+    thresholds = _thresholds(cfg, filter_run, sorted(set(targets)))
     info = _info(run_dir)
     rows = _training_rows(cfg, data, list(info["groups"]["tail"]))
     vectors = []
@@ -539,7 +543,7 @@ def filter_stage(
     planned = plan["target_class"].value_counts()
     for name, counts in summary["per_class"].items():
         counts["planned"] = int(planned.get(name, 0))
-    evaluated = json.loads((evaluation / "metrics.json").read_text())
+    evaluated = json.loads((filter_run.evaluation("val") / "metrics.json").read_text())
     payload = {
         "planned": len(plan),
         **summary,

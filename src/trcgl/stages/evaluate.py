@@ -22,10 +22,10 @@ from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
 from trcgl.evaluation.inference import predict_dataset
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
-from trcgl.evaluation.tables import markdown, method_name, table1_row, table2_row
+from trcgl.evaluation.tables import markdown, table1_row, table2_row
 from trcgl.files import atomic_write_text
 from trcgl.models.base import load_model
-from trcgl.run_dir import MANIFEST, RunDir
+from trcgl.run_dir import MANIFEST, PER_CLASS, RunDir
 
 
 @dataclass
@@ -74,7 +74,7 @@ def evaluate_run(
     val_probs, val_labels = (probs, labels) if split == "val" else probabilities("val")
     thresholds = tune_thresholds(val_labels, val_probs)
     report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
-    name = method_name(model)
+    name = model.display_name()
     out = RunDir(out_dir if out_dir is not None else model_dir.parent).evaluation(split)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -86,7 +86,7 @@ def evaluate_run(
         **report.to_dict(),
     }
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(out / "per_class.csv", report.per_class.to_csv(index=False))
+    atomic_write_text(out / PER_CLASS, report.per_class.to_csv(index=False))
     frame = data.manifest.frame
     ids = frame.loc[frame["split"] == split, "image_id"].tolist()
     preds = pd.DataFrame(probs, columns=list(model.classes))
@@ -114,13 +114,11 @@ def evaluate_run(
 
 def explain_context(run_dir: Path, classes: tuple[str, ...]):
     """Tuned thresholds (from ``trcgl evaluate``) and true labels by image file name."""
-    thresholds = None
     run = RunDir(run_dir)
-    per_class = run.evaluation("val") / "per_class.csv"
-    if per_class.is_file():
-        table = pd.read_csv(per_class).set_index("class")
-        if "threshold" in table:
-            thresholds = table.loc[list(classes), "threshold"].to_numpy()
+    tuned = run.tuned_thresholds("val")
+    thresholds = None
+    if tuned is not None and all(c in tuned for c in classes):
+        thresholds = np.array([tuned[c] for c in classes])
     manifest = Manifest.load(run / MANIFEST)
     y = manifest.frame[list(classes)].to_numpy()
     names = [Path(p).name for p in manifest.frame["image"]]

@@ -33,16 +33,10 @@ from trcgl.config import Config, resolve_path
 from trcgl.data.cache import build_image_cache
 from trcgl.data.manifest import SPLITS, Manifest
 from trcgl.data.readers import (
-    NIH_CSV_NAME,
-    PADCHEST_CSV_NAME,
     ReadResult,
     apply_filters,
     installed_label_csv,
-    read_cxrlt,
     read_exclusion_list,
-    read_nih,
-    read_padchest,
-    read_plain,
 )
 from trcgl.data.split import split_patients
 from trcgl.data.vocab import vocabulary
@@ -51,11 +45,10 @@ from trcgl.evaluation.figures import plot_label_statistics
 from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.labels.groups import FrequencyGroups, frequency_groups
+from trcgl.registry import DATA_FORMATS
 from trcgl.run_dir import LABEL_STATS, RunDir
 
 STAGE_FILE = "prepare.json"
-FORMAT_VOCABULARY = {"cxrlt": "cxrlt30", "padchest": "cxrlt30", "nih": "nih15"}
-INSTALLED_CSV = {"padchest": PADCHEST_CSV_NAME, "nih": NIH_CSV_NAME}
 
 
 @dataclass
@@ -74,7 +67,7 @@ def label_csv_path(config: Config) -> Path:
     data = config.data
     if data.labels_csv is not None:
         return resolve_path(data.labels_csv)
-    name = INSTALLED_CSV.get(data.format)
+    name = DATA_FORMATS.get(data.format).installed_csv
     found = installed_label_csv(name) if name else None
     if found is None:
         raise ConfigError(
@@ -95,7 +88,7 @@ def class_names(config: Config) -> tuple[str, ...]:
         if len(set(data.classes)) != len(data.classes):
             raise ConfigError("data.classes lists a class twice")
         return tuple(data.classes)
-    name = data.vocabulary or FORMAT_VOCABULARY.get(data.format)
+    name = data.vocabulary or DATA_FORMATS.get(data.format).vocabulary
     if name is None:
         raise ConfigError(f"data.vocabulary or data.classes is needed for format {data.format!r}")
     try:
@@ -107,16 +100,7 @@ def class_names(config: Config) -> tuple[str, ...]:
 def read_dataset(config: Config) -> ReadResult:
     """Read the configured label file into a manifest and apply the view / exclusion filters."""
     data = config.data
-    path = label_csv_path(config)
-    classes = class_names(config)
-    if data.format == "padchest":
-        result = read_padchest(path, resolve_path(data.mapping), classes)
-    elif data.format == "cxrlt":
-        result = read_cxrlt(path, classes)
-    elif data.format == "nih":
-        result = read_nih(path, classes)
-    else:
-        result = read_plain(path, classes)
+    result = DATA_FORMATS.get(data.format).read(label_csv_path(config), class_names(config), data)
     exclude: set[str] = set()
     for item in data.exclude:
         exclude |= read_exclusion_list(resolve_path(item))

@@ -59,7 +59,7 @@ from PIL import Image
 import trcgl
 from trcgl.evaluation.figures import GROUP_COLOURS
 from trcgl.files import atomic_write_text
-from trcgl.run_dir import LABEL_STATS, RunDir
+from trcgl.run_dir import LABEL_STATS, PER_CLASS, RunDir
 
 __all__ = ["REPORT_NAME", "write_report"]
 
@@ -254,7 +254,7 @@ def _load_run(run_dir: Path, split: str | None) -> _Run:
         classes = classes or frame["class"].astype(str).tolist()
         _groups_from(frame, group_of)
     chosen = _choose_split(run_dir, split)
-    per_class = RunDir(run_dir).evaluation(str(chosen)) / "per_class.csv"
+    per_class = RunDir(run_dir).evaluation(str(chosen)) / PER_CLASS
     if per_class.is_file():
         frame = pd.read_csv(per_class)
         classes = classes or frame["class"].astype(str).tolist()
@@ -624,7 +624,7 @@ def _metrics(run: _Run) -> str:
 
 
 def _per_class(run: _Run) -> str:
-    path = run.eval_dir / "per_class.csv" if run.eval_dir else None
+    path = run.eval_dir / PER_CLASS if run.eval_dir else None
     if path is None or not path.is_file():
         return _note("No per_class.csv (`trcgl evaluate`).")
     frame = pd.read_csv(path)
@@ -762,12 +762,10 @@ def _explanations(run: _Run, n_images: int) -> str:
     model = load_model(model_dir)
     classes = list(model.classes)
     thresholds, source = None, "0.5 (the run was not evaluated)"
-    per_class = run.eval_dir / "per_class.csv" if run.eval_dir else None
-    if per_class is not None and per_class.is_file():
-        table = pd.read_csv(per_class).set_index("class")
-        if "threshold" in table and all(c in table.index for c in classes):
-            thresholds = table.loc[classes, "threshold"].to_numpy(dtype=float)
-            source = f"tuned on the validation split (evaluation/{run.split}/per_class.csv)"
+    tuned = RunDir(run.run_dir).tuned_thresholds(run.split) if run.split else None
+    if tuned is not None and all(c in tuned for c in classes):
+        thresholds = np.array([tuned[c] for c in classes], dtype=float)
+        source = f"tuned on the validation split (evaluation/{run.split}/per_class.csv)"
     known = all(c in frame.columns for c in classes)
     labels = {p.name: row[classes].to_numpy(dtype=np.uint8) for row, p in picked} if known else None
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

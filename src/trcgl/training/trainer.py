@@ -130,8 +130,9 @@ class Trainer:
         self.is_synthetic = torch.from_numpy(self.data.is_synthetic("train").copy())
         labels = self.train_set.labels_matrix()
         counts = labels[~self.is_synthetic.numpy()].sum(axis=0)
-        options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
         # DRW switches on for the last 20 % of stage 2, as at epoch 160 of 200 in Cao et al.
+        options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
+        options.update(t.loss_options)
         self.loss_fn = build_loss(
             t.loss, counts, int((~self.is_synthetic.numpy()).sum()), **options
         )

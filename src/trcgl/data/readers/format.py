@@ -1,0 +1,37 @@
+"""What a registered data format (a ``data.format`` value) says about itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trcgl.config import DataConfig
+    from trcgl.data.readers.csv_checks import ReadResult
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """One label-file layout: how to read it and what the rest of trcgl needs to know of it.
+
+    A reader module registers one with ``DATA_FORMATS.add(name, DataFormat(...))``
+    (:mod:`trcgl.registry`); ``trcgl prepare`` reads through it, the diffusion stages take its
+    prompt style, and the configuration checks ``data.labels_csv`` / ``data.classes``
+    against it before any work starts.
+    """
+
+    #: ``read(label_csv, classes, data_config) → ReadResult``: the one manifest.
+    read: Callable[[Path, tuple[str, ...], DataConfig], ReadResult]
+    #: One line for ``trcgl formats`` and the docs.
+    description: str
+    #: The class vocabulary used when neither ``data.classes`` nor ``data.vocabulary`` is set;
+    #: ``None``: the user must give one.
+    vocabulary: str | None = None
+    #: File name in ``torchxrayvision/data/`` read when ``data.labels_csv`` is not set;
+    #: ``None``: ``data.labels_csv`` is required.
+    installed_csv: str | None = None
+    #: Prompt style of the diffusion prompts (:data:`trcgl.diffusion.prompts.DATASETS`):
+    #: ``padchest`` relates report localisations to labels; the others use labels and view.
+    prompt_style: str = "plain"
