@@ -143,7 +143,6 @@ class MeanPoolClassifier(Classifier):
 
     def __init__(self, *, classes: Sequence[str], pretrained: str | None = None, scale: float = 1):
         super().__init__()
-        self.init_kwargs = {"classes": list(classes), "pretrained": pretrained, "scale": scale}
         self.stem = nn.Conv2d(3, 4, 1)
         self.head = nn.Linear(4, len(classes))
 
@@ -174,6 +173,25 @@ def test_a_new_architecture_is_one_class_and_its_registration(tmp_path, monkeypa
     x = torch.rand(2, 3, 8, 8)
     assert torch.equal(again(x)["logits"], model.eval()(x)["logits"])
     assert again.display_name() == "mean pool"
+
+
+def test_constructor_arguments_are_recorded_once_for_every_subclass():
+    """No architecture writes ``init_kwargs`` by hand: the base class records the outermost
+    constructor's arguments (defaults included, JSON values) and refuses one it cannot save."""
+
+    class Scaled(MeanPoolClassifier):
+        def __init__(self, *, classes, factor: float = 3.0, pretrained=None):
+            super().__init__(classes=classes, pretrained=pretrained, scale=factor)
+
+    model = Scaled(classes=("a", "b"))
+    assert model.init_kwargs == {"classes": ["a", "b"], "factor": 3.0, "pretrained": None}
+
+    class Holding(MeanPoolClassifier):
+        def __init__(self, *, classes, thing: object = None):
+            super().__init__(classes=classes)
+
+    with pytest.raises(TypeError, match="unsaved_arguments"):
+        Holding(classes=["a"], thing=object())
 
 
 class HingeLoss(MultiLabelLoss):

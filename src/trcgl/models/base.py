@@ -15,6 +15,8 @@ are read with safetensors only, never by unpickling.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,16 +54,77 @@ def architectures() -> list[str]:
     return ARCHITECTURES.names()
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a subclass's ``__init__`` so that the instance keeps its constructor arguments in
+    ``init_kwargs`` (as diffusers' ``register_to_config`` does): the bound arguments with
+    their defaults, less ``unsaved_arguments``, updated by what the constructor resolved
+    itself (:meth:`Classifier.resolved`). The outermost constructor of a subclass chain wins."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Classifier, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        params = signature.parameters
+        recorded = {
+            name: value
+            for name, value in bound.arguments.items()
+            if name != "self"
+            and params[name].kind not in (params[name].VAR_POSITIONAL, params[name].VAR_KEYWORD)
+            and name not in self.unsaved_arguments
+        }
+        recorded.update(
+            {k: v for k, v in self.__dict__.get("_resolved_kwargs", {}).items() if k in recorded}
+        )
+        recorded = _json_value(recorded)
+        try:
+            json.dumps(recorded)
+        except TypeError as exc:
+            raise TypeError(
+                f"{type(self).__name__}: constructor arguments must be JSON values to be saved "
+                f"in {CONFIG_FILE} ({exc}); list the others in `unsaved_arguments` and give "
+                "them back from `folder_kwargs`"
+            ) from exc
+        self.init_kwargs = recorded
+
+    return wrapper
+
+
 class Classifier(nn.Module):
-    """Base class. Subclasses set ``self.init_kwargs`` (JSON-serialisable constructor arguments,
-    class names included as ``classes``) and implement ``from_config``,
-    ``forward_features``, ``forward_head``, ``backbone_parameters`` and ``display_name``."""
+    """Base class. Subclasses take keyword constructor arguments (class names as ``classes``;
+    they are recorded in ``init_kwargs`` and saved in ``config.json`` with no code of the
+    subclass) and implement ``from_config``, ``forward_features``, ``forward_head``,
+    ``backbone_parameters`` and ``display_name``."""
 
     architecture: ClassVar[str] = ""
+    #: Constructor arguments not saved in config.json (given back by :meth:`folder_kwargs`).
+    unsaved_arguments: ClassVar[tuple[str, ...]] = ()
     init_kwargs: dict[str, Any]
     #: How inputs were prepared in training (``image_size``, ``mean``, ``std``); saved in
     #: config.json so that ``predict`` / ``explain`` prepare new images the same way.
     preprocessing: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
+
+    def resolved(self, **values: Any) -> None:
+        """Record constructor arguments as the constructor resolved them (e.g. a ``None``
+        normalisation read from the pretrained weights' configuration), so that the saved
+        model is rebuilt with those values."""
+        self.__dict__.setdefault("_resolved_kwargs", {}).update(values)
 
     @property
     def classes(self) -> tuple[str, ...]:

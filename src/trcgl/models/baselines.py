@@ -15,11 +15,11 @@
   al., "Reproducible scaling laws for contrastive language-image learning", CVPR 2023) and a
   linear probe on its image embedding.
 
-Every constructor takes keyword arguments only and keeps them, resolved to JSON values, in
-``init_kwargs``: the input normalisation (``mean``/``std``) is resolved from the pretrained
-weights' configuration when the model is built and stored there, so ``load_model`` (which
-rebuilds with ``pretrained=None``) gives the model back with the normalisation it was trained
-with.
+Every constructor takes keyword arguments only; :class:`~trcgl.models.base.Classifier` records
+them in ``init_kwargs``. The input normalisation (``mean``/``std``) is resolved from the
+pretrained weights' configuration when the model is built and recorded as resolved, so
+``load_model`` (which rebuilds with ``pretrained=None``) gives the model back with the
+normalisation it was trained with.
 """
 
 from __future__ import annotations
@@ -168,15 +168,7 @@ class TimmClassifier(_NormalizationFromKwargs, Classifier):
                 )
         self.model = model
         norm_mean, norm_std = _resolve_norm(mean, std, _timm_norm(model))
-        self.init_kwargs = {
-            "classes": names,
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "drop_path_rate": float(drop_path_rate),
-            "img_size": img_size,
-            "mean": norm_mean,
-            "std": norm_std,
-        }
+        self.resolved(classes=names, img_size=img_size, mean=norm_mean, std=norm_std)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         embed = getattr(self.model, "patch_embed", None)
@@ -342,16 +334,7 @@ class CSRAClassifier(_NormalizationFromKwargs, Classifier):
             head.norm = nn.Identity()
         self.head = MultiHeadCSRA(self.features.num_features, len(names), int(num_heads), lam)
         norm_mean, norm_std = _resolve_norm(mean, std, _timm_norm(body))
-        self.init_kwargs = {
-            "classes": names,
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "drop_path_rate": float(drop_path_rate),
-            "num_heads": int(num_heads),
-            "lam": float(lam),
-            "mean": norm_mean,
-            "std": norm_std,
-        }
+        self.resolved(classes=names, mean=norm_mean, std=norm_std)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
@@ -560,15 +543,7 @@ class CLIPClassifier(_NormalizationFromKwargs, Classifier):
                 tag_cfg.get("std", open_clip.OPENAI_DATASET_STD),
             ),
         )
-        self.init_kwargs = {
-            "classes": names,
-            "arch": arch,
-            "pretrained": pretrained,
-            "image_size": None if image_size is None else int(image_size),
-            "quick_gelu": bool(quick_gelu),
-            "mean": norm_mean,
-            "std": norm_std,
-        }
+        self.resolved(classes=names, quick_gelu=bool(quick_gelu), mean=norm_mean, std=norm_std)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)  # the tower pools itself: the image embedding B×D

@@ -43,6 +43,8 @@ class TRCGLNet(Classifier):
     """TRCGL-Net. ``graph`` (the saved label graph) is required when ``label_gcn`` is on and
     must list the same classes in the same order."""
 
+    unsaved_arguments = ("graph",)  # saved as the label-graph buffers, given back by folder_kwargs
+
     @classmethod
     def from_config(
         cls,
@@ -100,24 +102,7 @@ class TRCGLNet(Classifier):
     ) -> None:
         super().__init__()
         classes = list(classes)
-        self.init_kwargs: dict[str, Any] = {
-            "classes": classes,
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "channel_attention": channel_attention,
-            "spatial_attention": spatial_attention,
-            "label_gcn": label_gcn,
-            "reduction": reduction,
-            "reweight_scale": reweight_scale,
-            "spatial_class_weights": spatial_class_weights,
-            "lam": lam,
-            "alpha": alpha,
-            "embed_dim": embed_dim,
-            "hidden_dim": hidden_dim,
-            "label_score": label_score,
-            "drop_rate": drop_rate,
-            "drop_path_rate": drop_path_rate,
-        }
+        self.resolved(classes=classes)
         c = len(classes)
         self.features = FeatureMap(create_backbone(backbone, pretrained, drop_path_rate))
         d = self.features.num_features
