@@ -35,6 +35,55 @@ def test_resolve_reads_records_of_runs_given_relative_or_moved(tmp_path):
     assert run.cache_root({"cache": None}) is None
 
 
+def test_a_stage_is_complete_while_the_records_it_names_are_unchanged(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.is_complete("prepare") and run.record("prepare") is None
+    prepared = run.write_record("prepare", {"config_digest": "abc"}, started=0.0)
+    assert json.loads((tmp_path / "prepare.json").read_text()) == prepared
+    assert prepared["stage"] == "prepare" and prepared["inputs"] == {}
+    generator = run.write_record("diffusion train", {"images": 3})
+    assert generator["inputs"] == {"prepare": prepared["id"]}  # STAGE_INPUTS by default
+    samples = run.write_record("diffusion sample", {"made": 5})
+    assert (tmp_path / "synthetic" / "sample.json").is_file()
+    assert run.is_complete("diffusion train") and run.is_complete("diffusion sample")
+    run.write_record("diffusion train", {"images": 3})  # the generator made again
+    assert run.is_complete("diffusion train") and not run.is_complete("diffusion sample")
+    assert run.record("diffusion sample") == samples  # stale, not removed
+    # An evaluation names the training record it evaluated, in its own metrics.json.
+    trained = run.write_record("train", {"best_epoch": 1}, inputs=())
+    run.write_record("evaluate val", {"summary": {}}, inputs=("train",))
+    assert run.record("evaluate val")["inputs"] == {"train": trained["id"]}
+    assert (tmp_path / "evaluation" / "val" / "metrics.json").is_file()
+    assert run.is_complete("evaluate val")
+    run.write_record("train", {"best_epoch": 2}, inputs=())
+    assert not run.is_complete("evaluate val")
+    with pytest.raises(KeyError, match="no stage 'sampling'"):
+        run.record("sampling")
+
+
+def test_records_of_older_versions_are_read(tmp_path):
+    """Before ``inputs``: diffusion records named their one input under ``upstream``; prepare,
+    train and evaluate wrote no ids."""
+    run = RunDir(tmp_path)
+    (tmp_path / "prepare.json").write_text(json.dumps({"stage": "prepare"}))
+    (tmp_path / "diffusion").mkdir()
+    (tmp_path / "diffusion" / "stage.json").write_text(json.dumps({"id": "g1", "upstream": None}))
+    (tmp_path / "synthetic").mkdir()
+    sample = {"id": "s1", "upstream": "g1"}
+    (tmp_path / "synthetic" / "sample.json").write_text(json.dumps(sample))
+    (tmp_path / "train.json").write_text(json.dumps({"best_epoch": 1}))
+    (tmp_path / "evaluation" / "val").mkdir(parents=True)
+    (tmp_path / "evaluation" / "val" / "metrics.json").write_text(json.dumps({"summary": {}}))
+    assert all(
+        run.is_complete(s) for s in ("prepare", "diffusion train", "diffusion sample", "train")
+    )
+    assert run.is_complete("evaluate val")
+    (tmp_path / "synthetic" / "sample.json").write_text(json.dumps({**sample, "upstream": "g0"}))
+    assert not run.is_complete("diffusion sample")
+    run.write_record("prepare", {})  # prepared again by this version: the generator is stale
+    assert not run.is_complete("diffusion train")
+
+
 @pytest.fixture(scope="module")
 def relative_run(prepared, tmp_path_factory):
     """``trcgl run`` with a relative ``--run-dir`` from a working directory of its own."""

@@ -11,11 +11,19 @@ and can be copied, moved or renamed:
 :meth:`RunDir.resolve` also reads records written by older versions of trcgl, which stored
 paths as given (``runs/demo/cache/128``): a relative path that does not exist under the run
 directory but whose tail after the run directory's own name does is taken from there.
+
+**Stage records.** Every stage writes one JSON record last (:data:`STAGE_RECORDS`), with
+:meth:`RunDir.write_record`: its own ``id`` and, under ``inputs``, the ids of the records it was
+made from. A stage is complete when its record exists and every record it names still has the
+id it had (:meth:`RunDir.is_complete`): made again upstream, a stage is stale and runs again.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -23,6 +31,7 @@ import pandas as pd
 
 from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
+from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.training.data import TrainingData, with_synthetic
 
@@ -34,6 +43,22 @@ LABEL_GRAPH = "label_graph.safetensors"
 SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
 #: Per-class metrics and tuned thresholds of one evaluation split.
 PER_CLASS = "per_class.csv"
+#: Each stage's record, written last. ``evaluate <split>`` is ``evaluation/<split>/metrics.json``.
+STAGE_RECORDS = {
+    "prepare": "prepare.json",
+    "diffusion train": "diffusion/stage.json",
+    "diffusion sample": "synthetic/sample.json",
+    "diffusion filter": "synthetic/summary.json",
+    "train": "train.json",
+}
+#: The bookkeeping keys of a stage record (not results of the stage).
+RECORD_KEYS = ("stage", "id", "inputs", "upstream")
+#: The records a stage is made from, where its writer names none.
+STAGE_INPUTS = {
+    "diffusion train": ("prepare",),
+    "diffusion sample": ("diffusion train",),
+    "diffusion filter": ("diffusion sample",),
+}
 
 
 class RunDir:
@@ -73,6 +98,61 @@ class RunDir:
             if candidate.exists():
                 return candidate
         return here
+
+    # -- stage records ------------------------------------------------------------------------
+    def record_path(self, stage: str) -> Path:
+        """Where ``stage``'s record lies (``evaluate <split>``: the split's ``metrics.json``)."""
+        if stage.startswith("evaluate "):
+            return self.evaluation(stage.removeprefix("evaluate ")) / "metrics.json"
+        if stage not in STAGE_RECORDS:
+            raise KeyError(f"no stage {stage!r}; stages: {sorted(STAGE_RECORDS)}, evaluate <split>")
+        return self.root / STAGE_RECORDS[stage]
+
+    def record(self, stage: str) -> dict[str, Any] | None:
+        """``stage``'s record, ``None`` when it has not finished."""
+        path = self.record_path(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def record_id(self, stage: str) -> str | None:
+        """The id of ``stage``'s current record (``None``: no record, or one from a trcgl
+        version that wrote none)."""
+        return (self.record(stage) or {}).get("id")
+
+    def write_record(
+        self,
+        stage: str,
+        payload: Mapping[str, Any],
+        started: float | None = None,
+        inputs: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """Write ``stage``'s record (atomically; last, after its outputs): ``payload`` with a new
+        ``id``, the current ids of ``inputs`` (default :data:`STAGE_INPUTS`), and, given the
+        time the stage ``started``, its seconds and finishing time. Returns the record."""
+        names = STAGE_INPUTS.get(stage, ()) if inputs is None else tuple(inputs)
+        record: dict[str, Any] = {
+            "stage": stage,
+            "id": uuid.uuid4().hex,
+            "inputs": {name: self.record_id(name) for name in names},
+        }
+        if started is not None:
+            record["seconds"] = round(time.time() - started, 2)
+            record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record.update({k: v for k, v in payload.items() if k not in ("id", "inputs")})
+        path = self.record_path(stage)
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        return record
+
+    def is_complete(self, stage: str) -> bool:
+        """True when ``stage`` has a record and each record it was made from is still the one
+        it names (records of older versions name their one input under ``upstream``)."""
+        record = self.record(stage)
+        if record is None:
+            return False
+        inputs = record.get("inputs")
+        if inputs is None:  # written before the ``inputs`` key
+            names = STAGE_INPUTS.get(stage, ())
+            inputs = {names[0]: record["upstream"]} if "upstream" in record and names else {}
+        return all(self.record_id(name) == made_from for name, made_from in inputs.items())
 
     def evaluation(self, split: str) -> Path:
         """``evaluation/<split>/``, where ``trcgl evaluate`` writes."""

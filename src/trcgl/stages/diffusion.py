@@ -39,7 +39,6 @@ import json
 import math
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -74,53 +73,29 @@ SYNTHETIC_DIR = "synthetic"
 FILTER_DIR = "filter_classifier"
 GENERATOR_DIR = "generator"
 CONTEXT_FILE = "context.safetensors"
-RECORDS = {
-    "train": f"{DIFFUSION_DIR}/stage.json",
-    "sample": f"{SYNTHETIC_DIR}/sample.json",
-    "filter": f"{SYNTHETIC_DIR}/summary.json",
-}
-UPSTREAM = {"sample": "train", "filter": "sample"}
 #: Images sampled per seeded chunk.
 SAMPLE_CHUNK = 64
 
 
-# -- records --------------------------------------------------------------------------------------
-def _record(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    path = run_dir / RECORDS[stage]
-    return json.loads(path.read_text()) if path.is_file() else None
+# -- records (RunDir's stage records "diffusion train|sample|filter") ----------------------------
+def _record(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
+    return RunDir(run_dir).record(f"diffusion {stage}")
 
 
 def stage_done(run_dir: str | Path, stage: str) -> bool:
     """True when ``stage`` (``train``, ``sample``, ``filter``) is complete and was made from the
-    current record of the stage before it."""
-    run_dir = Path(run_dir)
-    record = _record(run_dir, stage)
-    if record is None:
-        return False
-    upstream = UPSTREAM.get(stage)
-    if upstream is None:
-        return True
-    before = _record(run_dir, upstream)
-    return before is not None and record.get("upstream") == before.get("id")
+    current record of the stage before it (:meth:`~trcgl.run_dir.RunDir.is_complete`)."""
+    return RunDir(run_dir).is_complete(f"diffusion {stage}")
 
 
 def _write_record(run_dir: Path, stage: str, payload: dict[str, Any], started: float) -> dict:
-    upstream = UPSTREAM.get(stage)
-    record = {
-        "stage": f"diffusion {stage}",
-        "id": uuid.uuid4().hex,
-        "upstream": (_record(run_dir, upstream) or {}).get("id") if upstream else None,
-        "seconds": round(time.time() - started, 2),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **payload,
-    }
-    atomic_write_text(run_dir / RECORDS[stage], json.dumps(record, indent=2) + "\n")
-    return record
+    return RunDir(run_dir).write_record(f"diffusion {stage}", payload, started)
 
 
 def _require(run_dir: Path, stage: str, command: str) -> dict[str, Any]:
     if not stage_done(run_dir, stage):
-        raise DataError(f"run `trcgl diffusion {command}` first", path=run_dir / RECORDS[stage])
+        path = RunDir(run_dir).record_path(f"diffusion {stage}")
+        raise DataError(f"run `trcgl diffusion {command}` first", path=path)
     record = _record(run_dir, stage)
     assert record is not None
     return record

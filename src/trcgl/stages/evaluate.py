@@ -10,7 +10,7 @@ thresholds); evaluated on the validation split itself, that F1 is optimistic and
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,7 @@ def evaluate_run(
     """Evaluate ``model_dir`` (default ``<run_dir>/model``) on ``split`` of the prepared run
     ``run_dir``; write into ``<out_dir>/evaluation/<split>/`` (``out_dir`` default: the model
     folder's parent)."""
+    started = time.time()
     run = RunDir(run_dir)
     run_dir = run.root
     if model_dir is None:
@@ -75,7 +76,8 @@ def evaluate_run(
     thresholds = tune_thresholds(val_labels, val_probs)
     report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
     name = model.display_name()
-    out = RunDir(out_dir if out_dir is not None else model_dir.parent).evaluation(split)
+    record_dir = RunDir(out_dir if out_dir is not None else model_dir.parent)
+    out = record_dir.evaluation(split)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "method": name,
@@ -85,7 +87,6 @@ def evaluate_run(
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),
     }
-    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out / PER_CLASS, report.per_class.to_csv(index=False))
     frame = data.manifest.frame
     ids = frame.loc[frame["split"] == split, "image_id"].tolist()
@@ -109,6 +110,8 @@ def evaluate_run(
         + note
     )
     atomic_write_text(out / "tables.md", tables)
+    # Last: the stage record, naming the training record (train.json) the model came from.
+    record_dir.write_record(f"evaluate {split}", payload, started, inputs=("train",))
     return Evaluation(report, name, split, out)
 
 

@@ -262,7 +262,6 @@ def run_experiment(
     from trcgl.stages.pipeline import evaluated_split, prepare_classifier
     from trcgl.stages.prepare import prepare
     from trcgl.stages.train import train
-    from trcgl.training.trainer import STAGE_FILE
 
     run_dir = Path(run_dir)
     variants = variants_for(table)
@@ -286,14 +285,13 @@ def run_experiment(
     rows, trained = [], []
     for variant, vcfg, synthetic in configs:
         out = variant_dir(run_dir, variant, vcfg, synthetic)
-        if not prepare_classifier(out, synthetic_id if synthetic else None, STAGE_FILE):
+        if not prepare_classifier(out, synthetic_id if synthetic else None):
             log(f"{variant.name}: training in {out}")
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.yaml", vcfg.to_yaml())
             train(vcfg, run_dir, progress=progress, out_dir=out, synthetic=synthetic)
             trained.append(variant.name)
-        metrics_file = RunDir(out).evaluation(split) / "metrics.json"
-        if not metrics_file.is_file():
+        if not RunDir(out).is_complete(f"evaluate {split}"):
             evaluate_run(
                 run_dir,
                 out / "model",
@@ -302,7 +300,9 @@ def run_experiment(
                 vcfg.train.num_workers,
                 out_dir=out,
             )
-        summary = json.loads(metrics_file.read_text())["summary"]
+        evaluated = RunDir(out).record(f"evaluate {split}")
+        assert evaluated is not None  # written by evaluate_run above, or complete
+        summary = evaluated["summary"]
         rows.append((variant, _group_metrics(summary)))
     frame = table_frame(table, rows, paper=cfg.data.format == "padchest")
     folder = run_dir / "experiments"

@@ -1,7 +1,8 @@
 """``trcgl run``: every stage of the method in one run directory, in order.
 
 prepare → diffusion train → sample → filter → classifier training (two stages) → evaluate →
-report. A stage whose outputs are complete is skipped (each stage writes its record file last);
+report. A complete stage is skipped (:meth:`~trcgl.run_dir.RunDir.is_complete`: its record,
+written last, exists and names the current records of its inputs);
 a killed run started again resumes inside the stage it stopped in (the image cache, generator
 training, sampling and classifier training all resume), so nothing finished is lost or redone.
 With ``diffusion.enabled: false`` the three diffusion stages are skipped and the classifier
@@ -25,7 +26,7 @@ from typing import Any
 from trcgl.config import Config
 from trcgl.errors import ConfigError
 from trcgl.files import atomic_write_text
-from trcgl.run_dir import RunDir
+from trcgl.run_dir import STAGE_RECORDS, RunDir
 
 __all__ = ["PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
 
@@ -50,16 +51,6 @@ def evaluated_split(run_dir: Path) -> str:
     return "test" if info.get("images", {}).get("test", 0) > 0 else "val"
 
 
-def _evaluation_done(run_dir: Path, split: str) -> bool:
-    metrics = RunDir(run_dir).evaluation(split) / "metrics.json"
-    trained = run_dir / "train.json"
-    return (
-        metrics.is_file()
-        and trained.is_file()
-        and metrics.stat().st_mtime >= (trained.stat().st_mtime)
-    )
-
-
 #: Which synthetic images (the filter record's id, or none) the run's classifier trains on.
 CLASSIFIER_INPUT = "classifier_input.json"
 
@@ -69,17 +60,17 @@ def _classifier_input(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def prepare_classifier(run_dir: Path, synthetic_id: str | None, train_file: str) -> bool:
+def prepare_classifier(run_dir: Path, synthetic_id: str | None) -> bool:
     """True when the classifier finished on the current synthetic images. Otherwise make
     ``run_dir`` ready to train: a classifier started on other synthetic images (or before
     they were made again) is removed; one started on these resumes."""
     current = {"synthetic_record": synthetic_id}
     if _classifier_input(run_dir) == current:
-        return (run_dir / train_file).is_file()
+        return RunDir(run_dir).is_complete("train")
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("checkpoints", "model", "tensorboard", "evaluation"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (train_file, "metrics.jsonl"):
+    for name in (STAGE_RECORDS["train"], "metrics.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
     atomic_write_text(run_dir / CLASSIFIER_INPUT, json.dumps(current) + "\n")
     return False
@@ -95,12 +86,10 @@ def run_pipeline(
     """Run (or finish) every stage for ``cfg`` in ``run_dir``; ``log`` gets one line per stage."""
     from trcgl.stages import diffusion
     from trcgl.stages.evaluate import evaluate_run
-    from trcgl.stages.prepare import STAGE_FILE as PREPARE_FILE
     from trcgl.stages.prepare import is_complete
     from trcgl.stages.prepare import prepare as run_prepare
     from trcgl.stages.report import write_report
     from trcgl.stages.train import train
-    from trcgl.training.trainer import STAGE_FILE as TRAIN_FILE
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
@@ -124,7 +113,7 @@ def run_pipeline(
         log(f"{name}: done in {result.seconds[name]:.1f} s")
         return out
 
-    prepared = (run_dir / PREPARE_FILE).is_file() and is_complete(run_dir, cfg)
+    prepared = is_complete(run_dir, cfg)
     step("prepare", prepared, lambda: run_prepare(cfg, run_dir, progress=progress))
     result.split = evaluated_split(run_dir)
     use_synthetic = cfg.diffusion.enabled
@@ -135,15 +124,15 @@ def run_pipeline(
                 diffusion.stage_done(run_dir, key),
                 lambda fn=fn: fn(cfg, run_dir, progress=progress),
             )
-        result.synthetic = json.loads((run_dir / diffusion.RECORDS["filter"]).read_text())
+        result.synthetic = RunDir(run_dir).record("diffusion filter") or {}
     else:
         result.skipped += [f"diffusion {key}" for key, _ in diffusion.STAGES]
         log("diffusion: disabled (diffusion.enabled=false), real images only")
-    trained = prepare_classifier(run_dir, result.synthetic.get("id"), TRAIN_FILE)
+    trained = prepare_classifier(run_dir, result.synthetic.get("id"))
     step("train", trained, lambda: train(cfg, run_dir, progress=progress, synthetic=use_synthetic))
     step(
         "evaluate",
-        _evaluation_done(run_dir, result.split),
+        RunDir(run_dir).is_complete(f"evaluate {result.split}"),
         lambda: evaluate_run(
             run_dir,
             split=result.split,
@@ -151,7 +140,8 @@ def run_pipeline(
             num_workers=cfg.train.num_workers,
         ),
     )
-    metrics = json.loads((RunDir(run_dir).evaluation(result.split) / "metrics.json").read_text())
-    result.metrics = metrics["summary"]
+    evaluated = RunDir(run_dir).record(f"evaluate {result.split}")
+    assert evaluated is not None  # written by evaluate_run above, or complete
+    result.metrics = evaluated["summary"]
     result.report = step("report", False, lambda: write_report(run_dir, result.split))
     return result

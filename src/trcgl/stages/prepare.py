@@ -46,9 +46,9 @@ from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.labels.groups import FrequencyGroups, frequency_groups
 from trcgl.registry import DATA_FORMATS
-from trcgl.run_dir import LABEL_STATS, RunDir
+from trcgl.run_dir import LABEL_STATS, STAGE_RECORDS, RunDir
 
-STAGE_FILE = "prepare.json"
+STAGE_FILE = STAGE_RECORDS["prepare"]
 
 
 @dataclass
@@ -205,10 +205,9 @@ def compute(config: Config, result: ReadResult) -> Prepared:
 
 def is_complete(run_dir: Path, config: Config) -> bool:
     """True when ``run_dir`` holds a finished prepare stage made with this configuration."""
-    record = run_dir / STAGE_FILE
-    if not record.is_file():
+    done = RunDir(run_dir).record("prepare")
+    if done is None:
         return False
-    done = json.loads(record.read_text())
     if done.get("config_digest") != _config_digest(config):
         raise ConfigError(
             f"{run_dir} was prepared with another configuration; choose another --run-dir "
@@ -290,11 +289,6 @@ def _write(
         table = pd.DataFrame(skipped, columns=["image", "reason"])
         atomic_write_text(run_dir / "skipped_images.csv", table.to_csv(index=False))
         outputs.append("skipped_images.csv")
-    record = {
-        "stage": "prepare",
-        "config_digest": p.info["config_digest"],
-        "outputs": outputs,
-        "seconds": round(time.time() - started, 2),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(run_dir / STAGE_FILE, json.dumps(record, indent=2) + "\n")
+    RunDir(run_dir).write_record(
+        "prepare", {"config_digest": p.info["config_digest"], "outputs": outputs}, started
+    )

@@ -59,7 +59,7 @@ from PIL import Image
 import trcgl
 from trcgl.evaluation.figures import GROUP_COLOURS
 from trcgl.files import atomic_write_text
-from trcgl.run_dir import LABEL_STATS, PER_CLASS, RunDir
+from trcgl.run_dir import LABEL_STATS, PER_CLASS, RECORD_KEYS, RunDir
 
 __all__ = ["REPORT_NAME", "write_report"]
 
@@ -431,7 +431,7 @@ def _synthetic(run: _Run) -> str:
         if isinstance(thresholds, Mapping):
             summary = {**summary, "prob_threshold": "per class (see the table)"}
         first = ("prob_threshold", "max_similarity", "w_syn")
-        items.update(_scalars(summary, first, skip=(*items, "stage", "id", "upstream")))
+        items.update(_scalars(summary, first, skip=(*items, *RECORD_KEYS)))
         parts.append(_key_values(items, table_id="synthetic-summary"))
         if isinstance(rejected, Mapping) and rejected:
             rows = sorted(rejected.items())
@@ -450,7 +450,7 @@ def _synthetic(run: _Run) -> str:
 
 
 def _scalars(
-    record: Mapping[str, Any], first: Sequence[str], skip: Sequence[str] = ("id", "upstream")
+    record: Mapping[str, Any], first: Sequence[str], skip: Sequence[str] = RECORD_KEYS
 ) -> dict[str, Any]:
     """The record's plain values (not lists or dicts), the keys of ``first`` first."""
     keys = [k for k in first if k in record] + [k for k in record if k not in first]
@@ -523,7 +523,11 @@ def _training(run: _Run) -> str:
         return _note("Not trained yet: no train.json or metrics.jsonl (`trcgl train`).")
     parts = []
     if result is not None:
-        scalars = {k: v for k, v in result.items() if not isinstance(v, dict | list)}
+        scalars = {
+            k: v
+            for k, v in result.items()
+            if k not in RECORD_KEYS and not isinstance(v, dict | list)
+        }
         parts.append(_key_values(scalars, table_id="train-summary"))
     else:
         parts.append(_note("No train.json yet (training still running, or killed)."))

@@ -54,5 +54,11 @@ def train(
     synthetic: bool | None = None,
 ) -> dict[str, Any]:
     """Train on the prepared run ``run_dir``, writing into ``out_dir`` (default ``run_dir``);
-    resume if it holds a checkpoint. Returns the record written to ``train.json``."""
-    return trainer_for_run(config, run_dir, progress, out_dir, synthetic).fit()
+    resume if it holds a checkpoint. Returns the stage record ``train.json``: the trainer's
+    summary, with the id that evaluations name (:meth:`~trcgl.run_dir.RunDir.write_record`)."""
+    trainer = trainer_for_run(config, run_dir, progress, out_dir, synthetic)
+    result = trainer.fit()
+    if "id" not in result and trainer.accelerator.is_main_process:
+        result = RunDir(trainer.out_dir).write_record("train", result, inputs=())
+    trainer.accelerator.wait_for_everyone()
+    return result
