@@ -37,6 +37,17 @@ def test_unknown_names_are_refused_with_the_key_the_choices_and_a_suggestion():
         load_config("nih-demo", ["train.loss=focal"])
 
 
+def test_an_architecture_checks_the_model_options_it_reads():
+    csra = ["model.architecture=csra"]
+    with pytest.raises(ConfigError, match=r"model\.csra_heads must be one of 1, 2, 4, 6, 8, got 3"):
+        load_config("nih-demo", [*csra, "model.csra_heads=3"])
+    assert load_config("nih-demo", [*csra, "model.csra_heads=4"]).model.csra_heads == 4
+    # TRCGL-Net does not read csra_heads; it checks its own widths
+    assert load_config("nih-demo", ["model.csra_heads=3"]).model.architecture == "trcgl_net"
+    with pytest.raises(ConfigError, match=r"model\.reduction, model\.embed_dim"):
+        load_config("nih-demo", ["model.embed_dim=0"])
+
+
 def test_loss_options_are_checked_by_name_and_by_the_loss_itself():
     cfg = load_config("nih-demo", ["train.loss=asl", "train.loss_options={gamma_neg: 2}"])
     assert cfg.train.loss_options == {"gamma_neg": 2}

@@ -196,16 +196,28 @@ class DiffusionConfig:
     train_images: Literal["tail", "all"] = "tail"
     #: m, the learnable context vectors of Eq. 2.
     num_context: int = 8
+    #: What of the UNet trains beside C: nothing (``frozen``), a LoRA adapter, or all of it.
     unet_mode: Literal["frozen", "lora", "full"] = "lora"
+    #: LoRA rank r and alpha (scale alpha / r; ``null``: alpha = r).
     lora_rank: int = 8
+    lora_alpha: float | None = None
+    #: Optimiser steps of Eq. 3 in all (a resumed run continues to this many), images a step.
     steps: int = 2000
     batch_size: int = 8
+    #: AdamW learning rates of C (no weight decay) and of the UNet's trainable weights, the
+    #: UNet's weight decay, and the gradient-norm clip over all trainable weights (0: off).
     lr_context: float = 1e-3
     lr_unet: float = 1e-4
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
     #: Probability of training with the empty prompt, for classifier-free guidance.
     cond_dropout: float = 0.1
+    #: ``auto``: bf16 on a GPU with bf16, else fp16 on a GPU, none on the CPU.
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     checkpoint_every: int = 200
+    #: Images of the fixed batch whose Eq. 3 loss is reported before and after training (the
+    #: dataset's first, 4 fixed timesteps each, fixed noise).
+    eval_size: int = 16
     #: Tiny generator only: AdamW steps and learning rate of its VAE's training.
     vae_steps: int = 1500
     vae_lr: float = 1e-3
@@ -231,6 +243,54 @@ class DiffusionConfig:
     #: 99th percentile of their nearest-neighbour similarity to other patients' images.
     max_similarity: float | None = None
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`~trcgl.errors.ConfigError` for a value its type does not rule out."""
+        for key in ("num_context", "steps", "vae_steps", "max_per_class", "filter_epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"diffusion.{key} must be >= 0, got {value}")
+        for key in (
+            "batch_size",
+            "sample_steps",
+            "sample_batch_size",
+            "checkpoint_every",
+            "eval_size",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"diffusion.{key} must be >= 1, got {getattr(self, key)}")
+        for key, options in (
+            ("unet_mode", ("frozen", "lora", "full")),
+            ("mixed_precision", ("auto", "no", "fp16", "bf16")),
+        ):
+            if getattr(self, key) not in options:
+                raise ConfigError(
+                    f"diffusion.{key} must be one of {options}, got {getattr(self, key)!r}"
+                )
+        if self.image_size < 16 or self.image_size % 8:
+            raise ConfigError(
+                f"diffusion.image_size must be a multiple of 8 and >= 16, got {self.image_size}"
+            )
+        if self.unet_mode == "lora" and self.lora_rank < 1:
+            raise ConfigError(f"diffusion.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"diffusion.lora_alpha must be > 0 or null, got {self.lora_alpha}")
+        if not 0 <= self.cond_dropout <= 1:
+            raise ConfigError(f"diffusion.cond_dropout must lie in [0, 1], got {self.cond_dropout}")
+        if self.lr_context < 0 or self.lr_unet < 0 or self.vae_lr <= 0:
+            raise ConfigError("diffusion.lr_context and lr_unet must be >= 0, vae_lr > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("diffusion.weight_decay and grad_clip must be >= 0")
+        if self.target is not None and self.target < 0:
+            raise ConfigError(f"diffusion.target must be >= 0 or null, got {self.target}")
+        if self.prob_threshold is not None and not 0 <= self.prob_threshold <= 1:
+            raise ConfigError(
+                f"diffusion.prob_threshold must lie in [0, 1] or be null, got {self.prob_threshold}"
+            )
+        if self.max_similarity is not None and not 0 < self.max_similarity <= 1:
+            raise ConfigError(
+                f"diffusion.max_similarity must lie in (0, 1], got {self.max_similarity}"
+            )
 
 
 @dataclass
@@ -306,13 +366,9 @@ class Config:
             raise ConfigError("train.w_syn and train.w_syn_warmup must be >= 0")
         if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
             raise ConfigError("train.max_steps_per_epoch must be >= 1 or null")
-        if m.reduction < 1 or m.embed_dim < 1 or m.hidden_dim < 1:
-            raise ConfigError("model.reduction, model.embed_dim and model.hidden_dim must be >= 1")
-        if m.csra_heads not in (1, 2, 4, 6, 8):
-            raise ConfigError(f"model.csra_heads must be one of 1, 2, 4, 6, 8, got {m.csra_heads}")
-        ARCHITECTURES.get(m.architecture)
+        ARCHITECTURES.get(m.architecture).check_config(m)
         LOSSES.get(t.loss).check_options(t.loss_options, "train.loss_options")
-        self._validate_diffusion()
+        self.diffusion.validate()
         self._validate_data()
 
     def _validate_data(self) -> None:
@@ -322,36 +378,6 @@ class Config:
             raise ConfigError(f"data.format {d.format!r} needs data.classes or data.vocabulary")
         if fmt.installed_csv is None and d.labels_csv is None:
             raise ConfigError(f"data.labels_csv is required for data.format {d.format!r}")
-
-    def _validate_diffusion(self) -> None:
-        d = self.diffusion
-        for key in ("num_context", "steps", "vae_steps", "max_per_class", "filter_epochs"):
-            value = getattr(d, key)
-            if value is not None and value < 0:
-                raise ConfigError(f"diffusion.{key} must be >= 0, got {value}")
-        for key in ("batch_size", "sample_steps", "sample_batch_size", "checkpoint_every"):
-            if getattr(d, key) < 1:
-                raise ConfigError(f"diffusion.{key} must be >= 1, got {getattr(d, key)}")
-        if d.image_size < 16 or d.image_size % 8:
-            raise ConfigError(
-                f"diffusion.image_size must be a multiple of 8 and >= 16, got {d.image_size}"
-            )
-        if d.unet_mode == "lora" and d.lora_rank < 1:
-            raise ConfigError(f"diffusion.lora_rank must be >= 1, got {d.lora_rank}")
-        if not 0 <= d.cond_dropout <= 1:
-            raise ConfigError(f"diffusion.cond_dropout must lie in [0, 1], got {d.cond_dropout}")
-        if d.lr_context < 0 or d.lr_unet < 0 or d.vae_lr <= 0:
-            raise ConfigError("diffusion.lr_context and lr_unet must be >= 0, vae_lr > 0")
-        if d.target is not None and d.target < 0:
-            raise ConfigError(f"diffusion.target must be >= 0 or null, got {d.target}")
-        if d.prob_threshold is not None and not 0 <= d.prob_threshold <= 1:
-            raise ConfigError(
-                f"diffusion.prob_threshold must lie in [0, 1] or be null, got {d.prob_threshold}"
-            )
-        if d.max_similarity is not None and not 0 < d.max_similarity <= 1:
-            raise ConfigError(
-                f"diffusion.max_similarity must lie in (0, 1], got {d.max_similarity}"
-            )
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:

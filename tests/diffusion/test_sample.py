@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from trcgl.config import DiffusionConfig
 from trcgl.data.manifest import Manifest
 from trcgl.data.readers import read_nih
 from trcgl.diffusion.components import (
@@ -30,7 +31,7 @@ from trcgl.diffusion.sample import (
     save_pngs,
     to_uint8,
 )
-from trcgl.diffusion.train import GeneratorTrainConfig, PromptImageDataset, train_generator
+from trcgl.diffusion.train import PromptImageDataset, train_generator
 from trcgl.diffusion.vae_train import fit_scaling_factor, train_vae
 from trcgl.errors import ConfigError
 
@@ -76,11 +77,11 @@ def test_eq4_one_unet_call_on_the_doubled_batch(generator):
     handle = unet.register_forward_hook(lambda m, a, k: calls.append(a[0].shape[0]))
     try:
         with torch.no_grad():
-            guided = predict_noise(unet, x, t, cond, uncond, 3.0)
-            at_one = predict_noise(unet, x, t, cond, uncond, 1.0)
+            guided = predict_noise(components, x, t, cond, uncond, 3.0)
+            at_one = predict_noise(components, x, t, cond, uncond, 1.0)
             eps_cond = unet(x, t, encoder_hidden_states=cond).sample
             eps_uncond = unet(x, t, encoder_hidden_states=uncond).sample
-            only_cond = predict_noise(unet, x, t, cond, None, 3.0)
+            only_cond = predict_noise(components, x, t, cond, None, 3.0)
     finally:
         handle.remove()
     assert calls[:2] == [6, 6]  # one call per prediction, on the doubled batch
@@ -212,10 +213,16 @@ def test_trained_generator_reloads_and_samples_identically(nih_sample, tmp_path)
     fit_scaling_factor(components.vae, loader)
     torch.manual_seed(0)
     conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=M)
-    config = GeneratorTrainConfig(
-        steps=2, batch_size=4, num_context=M, unet_mode="lora", lora_rank=4, lr_unet=1e-2, cpu=True
+    config = DiffusionConfig(
+        steps=2,
+        batch_size=4,
+        num_context=M,
+        unet_mode="lora",
+        lora_rank=4,
+        lr_unet=1e-2,
+        image_size=SIZE,
     )
-    train_generator(components, conditioner, dataset, config, tmp_path / "run")
+    train_generator(components, conditioner, dataset, config, tmp_path / "run", cpu=True)
     before = sample_images(components, conditioner, prompts[:3], steps=4, progress=False)
 
     save_components(components, tmp_path / "gen")

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import trcgl.diffusion.train as train_module
+from trcgl.config import DiffusionConfig
 from trcgl.data.manifest import Manifest
 from trcgl.data.readers import read_nih
 from trcgl.diffusion.components import (
@@ -24,7 +26,6 @@ from trcgl.diffusion.components import (
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.diffusion.prompts import prompts_for_manifest
 from trcgl.diffusion.train import (
-    GeneratorTrainConfig,
     PromptImageDataset,
     apply_trained,
     diffusion_loss,
@@ -54,7 +55,7 @@ def make(manifest: Manifest, nih_sample: Path, rows: int = 16, seed: int = 0):
     return components, conditioner, dataset
 
 
-def config(**kwargs) -> GeneratorTrainConfig:
+def config(**kwargs) -> DiffusionConfig:
     base = {
         "steps": 3,
         "batch_size": 4,
@@ -64,9 +65,8 @@ def config(**kwargs) -> GeneratorTrainConfig:
         "checkpoint_every": 100,
         "eval_size": 4,
         "image_size": SIZE,
-        "cpu": True,
     }
-    return GeneratorTrainConfig(**{**base, **kwargs})
+    return DiffusionConfig(**{**base, **kwargs})
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -141,9 +141,7 @@ def test_eq3_gradients_reach_the_context_only_when_the_unet_is_frozen(manifest, 
     latents = encode_latents(components.vae, images, sample=False)
     condition = conditioner.encode(dataset.prompts[:4])
     t = torch.tensor([1, 300, 600, 999])
-    loss = diffusion_loss(
-        components.unet, components.scheduler, latents, condition, t, torch.randn_like(latents)
-    )
+    loss = diffusion_loss(components, latents, condition, t, torch.randn_like(latents))
     loss.backward()
     assert conditioner.context.grad is not None
     assert float(conditioner.context.grad.abs().sum()) > 0
@@ -159,7 +157,12 @@ def test_what_trains_and_what_stays_frozen(manifest, nih_sample, tmp_path, mode)
     )
     context = conditioner.context.detach().clone()
     summary = train_generator(
-        components, conditioner, dataset, config(unet_mode=mode, cond_dropout=0.5), tmp_path
+        components,
+        conditioner,
+        dataset,
+        config(unet_mode=mode, cond_dropout=0.5),
+        tmp_path,
+        cpu=True,
     )
     assert summary["steps"] == 3 and np.isfinite(summary["loss_after"])
     assert not torch.equal(conditioner.context, context)  # C always trains
@@ -192,7 +195,7 @@ def test_loss_decreases_on_a_fixed_batch(manifest, nih_sample, tmp_path):
     # last-5 0.58-0.65.
     components, conditioner, dataset = make(manifest, nih_sample, rows=8)
     cfg = config(steps=30, batch_size=8, unet_mode="full", lr_unet=2e-3, eval_size=8)
-    summary = train_generator(components, conditioner, dataset, cfg, tmp_path)
+    summary = train_generator(components, conditioner, dataset, cfg, tmp_path, cpu=True)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
@@ -206,7 +209,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
     cfg = config(steps=6, checkpoint_every=2, unet_mode=mode, cond_dropout=0.5)
     # 12 images, batch 4: 3 steps an epoch, so the run crosses an epoch boundary.
     components, conditioner, dataset = make(manifest, nih_sample, rows=12)
-    train_generator(components, conditioner, dataset, cfg, tmp_path / "full")
+    train_generator(components, conditioner, dataset, cfg, tmp_path / "full", cpu=True)
     reference = (conditioner.context.detach().clone(), snapshot(components.unet))
 
     original = train_module.save_generator_checkpoint
@@ -220,12 +223,12 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
     monkeypatch.setattr(train_module, "save_generator_checkpoint", save_then_die)
     components, conditioner, dataset = make(manifest, nih_sample, rows=12)
     with pytest.raises(KeyboardInterrupt):
-        train_generator(components, conditioner, dataset, cfg, tmp_path / "killed")
+        train_generator(components, conditioner, dataset, cfg, tmp_path / "killed", cpu=True)
     monkeypatch.setattr(train_module, "save_generator_checkpoint", original)
     assert not (tmp_path / "killed" / "train.json").exists()
 
     components, conditioner, dataset = make(manifest, nih_sample, rows=12)  # a new process
-    summary = train_generator(components, conditioner, dataset, cfg, tmp_path / "killed")
+    summary = train_generator(components, conditioner, dataset, cfg, tmp_path / "killed", cpu=True)
     assert summary["resumed_from"] == 4 and summary["steps"] == 6
     assert torch.equal(conditioner.context, reference[0])
     assert same(snapshot(components.unet), reference[1])
@@ -249,23 +252,27 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
 
 def test_resume_refuses_another_configuration(manifest, nih_sample, tmp_path):
     components, conditioner, dataset = make(manifest, nih_sample, rows=4)
-    train_generator(components, conditioner, dataset, config(steps=2), tmp_path)
+    train_generator(components, conditioner, dataset, config(steps=2), tmp_path, cpu=True)
     components, conditioner, dataset = make(manifest, nih_sample, rows=4)
     with pytest.raises(ConfigError, match=r"lr_unet: 0.001 → 0.01"):
-        train_generator(components, conditioner, dataset, config(steps=4, lr_unet=1e-2), tmp_path)
+        train_generator(
+            components, conditioner, dataset, config(steps=4, lr_unet=1e-2), tmp_path, cpu=True
+        )
     # More steps is fine: it continues.
-    summary = train_generator(components, conditioner, dataset, config(steps=4), tmp_path)
+    summary = train_generator(components, conditioner, dataset, config(steps=4), tmp_path, cpu=True)
     assert summary["resumed_from"] == 2 and summary["steps"] == 4
 
 
 def test_config_errors(manifest, nih_sample, tmp_path):
     components, conditioner, dataset = make(manifest, nih_sample, rows=4)
     with pytest.raises(ConfigError, match="unet_mode"):
-        train_generator(components, conditioner, dataset, config(unet_mode="half"), tmp_path)
+        train_generator(
+            components, conditioner, dataset, config(unet_mode="half"), tmp_path, cpu=True
+        )
     with pytest.raises(ConfigError, match="num_context = 8"):
-        train_generator(components, conditioner, dataset, config(num_context=8), tmp_path)
+        train_generator(components, conditioner, dataset, config(num_context=8), tmp_path, cpu=True)
     with pytest.raises(ConfigError, match="config says 64"):
-        train_generator(components, conditioner, dataset, config(image_size=64), tmp_path)
+        train_generator(components, conditioner, dataset, config(image_size=64), tmp_path, cpu=True)
 
 
 def test_train_vae_and_scaling_factor(manifest, nih_sample):
@@ -282,3 +289,42 @@ def test_train_vae_and_scaling_factor(manifest, nih_sample):
     with torch.no_grad():
         z = encode_latents(components.vae, torch.stack([dataset[i][0] for i in range(8)]))
     assert 0.5 < float(z.std()) < 2.0
+
+
+class _Scaled(Components):
+    """Another "model family": the same networks, its denoiser's output scaled by 0.5, and
+    every call counted (a stand-in for a generator whose denoiser is not a UNet)."""
+
+    calls = 0
+
+    def predict_noise(self, latents, timesteps, condition):
+        type(self).calls += 1
+        return 0.5 * super().predict_noise(latents, timesteps, condition)
+
+
+def test_training_and_sampling_reach_the_denoiser_through_one_seam(manifest, nih_sample, tmp_path):
+    from dataclasses import fields
+
+    from trcgl.diffusion.sample import sample_images
+
+    components, conditioner, dataset = make(manifest, nih_sample, rows=4)
+    scaled = _Scaled(**{f.name: getattr(components, f.name) for f in fields(Components)})
+    summary = train_generator(
+        scaled, conditioner, dataset, config(steps=2, eval_size=2), tmp_path, cpu=True
+    )
+    assert _Scaled.calls == 2 + 2 * 4  # a call a step; the check batch: 4 timesteps, twice
+    images = torch.stack([dataset[i][0] for i in range(2)])
+    latents = scaled.encode(images, sample=False)
+    t, noise = torch.tensor([10, 900]), torch.randn_like(latents)
+    with torch.no_grad():
+        eps = components.predict_noise(
+            components.scheduler.add_noise(latents, noise, t), t, conditioner.encode(["a", "b"])
+        )
+        plain = F.mse_loss(0.5 * eps, noise)
+        assert float(diffusion_loss(scaled, latents, conditioner.encode(["a", "b"]), t, noise)) == (
+            pytest.approx(float(plain), rel=1e-6)
+        )
+    assert np.isfinite(summary["loss_after"])
+    _Scaled.calls = 0
+    sample_images(scaled, conditioner, ["a"], steps=3, guidance_scale=2.0, progress=False)
+    assert _Scaled.calls == 3  # one (doubled-batch) call per denoising step

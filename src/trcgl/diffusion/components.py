@@ -174,6 +174,39 @@ class Components:
             model.to(device)
         return self
 
+    # -- the generator seam: training (Eq. 3), sampling (Eq. 4–6) and the filter reach the
+    # denoiser and the VAE only through these, so another model family (a diffusion
+    # transformer, flow matching) is a subclass that overrides them.
+    def predict_noise(self, latents: Tensor, timesteps: Tensor | int, condition: Tensor) -> Tensor:
+        """The denoiser's prediction ε_θ(x_t, t, E_cond) of Eq. 3–5 (ε, or v / x_0 as
+        ``scheduler.config.prediction_type`` says): one call of the network on the batch."""
+        return self.unet(latents, timesteps, encoder_hidden_states=condition).sample
+
+    def encode(
+        self, images: Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> Tensor:
+        """Latents x_0 of images in [-1, 1] (:func:`encode_latents`)."""
+        return encode_latents(self.vae, images, generator=generator, sample=sample)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Eq. 6: grayscale images in [-1, 1] from latents (:func:`decode_latents`)."""
+        return decode_latents(self.vae, latents)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path | None,
+        tiny: dict[str, Any] | None = None,
+        *,
+        torch_dtype: torch.dtype | None = None,
+    ) -> Components:
+        """:func:`load_components`: a diffusers folder or hub id, or (``None``) tiny models."""
+        return load_components(source, tiny, torch_dtype=torch_dtype)
+
+    def save_pretrained(self, folder: str | Path, *, merge_lora: bool = False) -> Path:
+        """:func:`save_components`: the diffusers layout, atomically."""
+        return save_components(self, folder, merge_lora=merge_lora)
+
 
 # -- grayscale <-> VAE ----------------------------------------------------------------------------
 def to_vae_input(images: Tensor, in_channels: int) -> Tensor:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from trcgl.diffusion.components import Components, decode_latents
+from trcgl.diffusion.components import Components
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError
 from trcgl.files import atomic_path
@@ -55,32 +55,32 @@ def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, guidance_scal
 
 
 def predict_noise(
-    unet: torch.nn.Module,
+    components: Components,
     latents: Tensor,
     timestep: Tensor | int,
     condition: Tensor,
     unconditional: Tensor | None,
     guidance_scale: float,
 ) -> Tensor:
-    """ε_cfg of Eq. 4 for a batch of x_t, in one UNet call on the doubled batch
+    """ε_cfg of Eq. 4 for a batch of x_t, in one denoiser call on the doubled batch
     ``[x_t; x_t]`` with conditions ``[E_uncond; E_cond]``; with ``unconditional=None`` only the
     conditional branch (ε_cond) is computed."""
     if unconditional is None:
-        return unet(latents, timestep, encoder_hidden_states=condition).sample
+        return components.predict_noise(latents, timestep, condition)
     both = torch.cat([unconditional, condition])
-    return _guided_noise(unet, latents, timestep, both, guidance_scale)
+    return _guided_noise(components, latents, timestep, both, guidance_scale)
 
 
 def _guided_noise(
-    unet: torch.nn.Module,
+    components: Components,
     latents: Tensor,
     timestep: Tensor | int,
     both: Tensor,
     guidance_scale: float,
 ) -> Tensor:
-    """Eq. 4 from one UNet call; ``both`` = ``[E_uncond; E_cond]`` (concatenated once per
+    """Eq. 4 from one denoiser call; ``both`` = ``[E_uncond; E_cond]`` (concatenated once per
     batch by :func:`sample_images`)."""
-    out = unet(torch.cat([latents, latents]), timestep, encoder_hidden_states=both).sample
+    out = components.predict_noise(torch.cat([latents, latents]), timestep, both)
     eps_uncond, eps_cond = out.chunk(2)
     return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
 
@@ -211,12 +211,12 @@ def sample_images(
                 for t in sampler.timesteps:
                     model_input = sampler.scale_model_input(latents, t)
                     if guided:
-                        eps = _guided_noise(unet, model_input, t, condition, guidance_scale)
+                        eps = _guided_noise(components, model_input, t, condition, guidance_scale)
                     else:
-                        eps = unet(model_input, t, encoder_hidden_states=condition).sample
+                        eps = components.predict_noise(model_input, t, condition)
                     latents = sampler.step(eps, t, latents, **extra).prev_sample
                     advance()
-                out.extend(to_uint8(decode_latents(vae, latents)))
+                out.extend(to_uint8(components.decode(latents)))
     finally:
         stop()
         unet.train(was_training[0])

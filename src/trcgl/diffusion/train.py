@@ -32,41 +32,43 @@ Multi-GPU data parallelism is not done here (one device).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trcgl.config import DiffusionConfig
 from trcgl.data.cache import cached_relpath, resize_square
 from trcgl.data.images import read_image
 from trcgl.data.manifest import Manifest
-from trcgl.diffusion.components import Components, add_lora, encode_latents, has_lora
+from trcgl.diffusion.components import Components, add_lora, has_lora
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError, DataError, TrcglError
 from trcgl.files import atomic_write_text
 from trcgl.progress import progress as progress_reporter
 from trcgl.progress import runtime_line, say
-from trcgl.training.checkpoint import load_optimizer, optimizer_tensors, restore_rng, rng_state
+from trcgl.training.checkpoint import (
+    latest_checkpoint,
+    load_optimizer,
+    restore_rng,
+    write_checkpoint,
+)
 from trcgl.training.precision import resolve_mixed_precision
 
 __all__ = [
-    "GeneratorTrainConfig",
     "PromptImageDataset",
     "apply_trained",
     "diffusion_loss",
@@ -74,95 +76,40 @@ __all__ = [
     "latest_generator_checkpoint",
     "save_generator_checkpoint",
     "train_generator",
+    "training_settings",
 ]
 
 log = logging.getLogger(__name__)
 
-UNET_MODES = ("frozen", "lora", "full")
 CHECKPOINTS = "checkpoints"
-LATEST = "latest.json"
+STATE_FILE = "state.json"
 LOSS_LOG = "loss.jsonl"
 SUMMARY = "train.json"
 CONTEXT_FILE = "context.safetensors"
-#: Fields that may change when a run is resumed (they do not change what a step computes).
-_RESUMABLE_CHANGES = (
-    "steps",
-    "checkpoint_every",
-    "num_workers",
-    "eval_size",
-    "max_text_table",
-    "cpu",
+#: The settings (of :class:`~trcgl.config.DiffusionConfig`) that decide what a training step
+#: computes: saved in every checkpoint, and a run resumes only where they are unchanged (``steps``
+#: may grow, ``checkpoint_every`` change).
+TRAINING_SETTINGS = (
+    "batch_size",
+    "lr_context",
+    "lr_unet",
+    "unet_mode",
+    "lora_rank",
+    "lora_alpha",
+    "cond_dropout",
+    "image_size",
+    "seed",
+    "num_context",
+    "weight_decay",
+    "grad_clip",
+    "mixed_precision",
 )
 
 
-@dataclass
-class GeneratorTrainConfig:
-    """Settings of Eq. 3's training.
-
-    Attributes:
-        steps: optimiser steps in all (a resumed run continues to this many).
-        batch_size: images per step.
-        lr_context: AdamW learning rate of the context vectors C (no weight decay).
-        lr_unet: AdamW learning rate of the UNet's trainable weights (LoRA or all).
-        unet_mode: ``"frozen"``, ``"lora"`` or ``"full"``.
-        lora_rank: LoRA rank r (``unet_mode="lora"``).
-        lora_alpha: LoRA alpha (scale alpha / r); ``None``: = rank.
-        cond_dropout: probability of replacing a sample's condition by the unconditional one.
-        image_size: expected image side (``None``: whatever the dataset gives, which must fit
-            the VAE and UNet downsampling).
-        seed: seed of the data order, the training randomness and the LoRA initialisation.
-        checkpoint_every: steps between checkpoints (the last step is always saved).
-        num_context: m; must equal the conditioner's (``None``: not checked).
-        weight_decay: AdamW weight decay of the UNet's trainable weights.
-        grad_clip: gradient-norm clip over all trainable parameters (0: off).
-        mixed_precision: ``"auto"`` (bf16 on a GPU with bf16, else fp16 on GPU, none on CPU),
-            ``"no"``, ``"fp16"``, ``"bf16"``.
-        num_workers: DataLoader worker processes.
-        eval_size: images of the fixed evaluation batch (the first of the dataset) whose loss
-            is reported before and after training (4 fixed timesteps each, fixed noise).
-        cpu: train on the CPU even where a GPU is available (tests; bit-exact resume).
-        max_text_table: up to this many distinct prompts, their text embeddings E_n are
-            computed once up front; beyond, per batch (then exact resume is not guaranteed
-            bit for bit on every hardware).
-    """
-
-    steps: int = 1000
-    batch_size: int = 8
-    lr_context: float = 1e-3
-    lr_unet: float = 1e-4
-    unet_mode: Literal["frozen", "lora", "full"] = "lora"
-    lora_rank: int = 8
-    lora_alpha: float | None = None
-    cond_dropout: float = 0.1
-    image_size: int | None = None
-    seed: int = 0
-    checkpoint_every: int = 200
-    num_context: int | None = 8
-    weight_decay: float = 1e-2
-    grad_clip: float = 1.0
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    num_workers: int = 0
-    eval_size: int = 16
-    max_text_table: int = 4096
-    cpu: bool = False
-
-    def validate(self) -> None:
-        """Raise :class:`~trcgl.errors.ConfigError` for an impossible value."""
-        if self.unet_mode not in UNET_MODES:
-            raise ConfigError(f"unet_mode must be one of {UNET_MODES}, got {self.unet_mode!r}")
-        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ConfigError("steps must be ≥ 0, batch_size and checkpoint_every ≥ 1")
-        if not 0.0 <= self.cond_dropout <= 1.0:
-            raise ConfigError(f"cond_dropout must be in [0, 1], got {self.cond_dropout}")
-        if self.lr_context < 0 or self.lr_unet < 0:
-            raise ConfigError("learning rates must be ≥ 0")
-        if self.unet_mode == "lora" and self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be ≥ 1, got {self.lora_rank}")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise ConfigError(f"unknown mixed_precision {self.mixed_precision!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def training_settings(config: DiffusionConfig) -> dict[str, Any]:
+    """``config``'s :data:`TRAINING_SETTINGS`, with ``steps`` and ``checkpoint_every``."""
+    names = (*TRAINING_SETTINGS, "steps", "checkpoint_every")
+    return {name: getattr(config, name) for name in names}
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -270,8 +217,7 @@ class _StepBatches(Sampler[list[int]]):
 
 # -- Eq. 3 ----------------------------------------------------------------------------------------
 def diffusion_loss(
-    unet: UNet2DConditionModel,
-    scheduler: DDPMScheduler,
+    components: Components,
     latents: Tensor,
     condition: Tensor,
     timesteps: Tensor,
@@ -282,6 +228,7 @@ def diffusion_loss(
     For a scheduler with ``prediction_type="v_prediction"`` (SD 2.x-style models) the target is
     the velocity instead of ε, and for ``"sample"`` it is x_0.
     """
+    scheduler = components.scheduler
     noisy = scheduler.add_noise(latents, noise, timesteps)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
@@ -292,7 +239,7 @@ def diffusion_loss(
         target = latents
     else:
         raise ConfigError(f"unsupported prediction_type {kind!r}")
-    prediction = unet(noisy, timesteps, encoder_hidden_states=condition).sample
+    prediction = components.predict_noise(noisy, timesteps, condition)
     return F.mse_loss(prediction.float(), target.float())
 
 
@@ -368,15 +315,13 @@ def evaluate_loss(
     ctx = autocast if autocast is not None else contextlib.nullcontext
     try:
         with ctx():
-            latents = encode_latents(components.vae, images, sample=False).float()
+            latents = components.encode(images, sample=False).float()
             condition = conditioner.encode(prompts)
         for j in range(k):
             t = timesteps[j]
             noise = torch.randn(latents.shape, generator=generator).to(device)
             with ctx():
-                loss = diffusion_loss(
-                    components.unet, components.scheduler, latents, condition, t, noise
-                )
+                loss = diffusion_loss(components, latents, condition, t, noise)
             losses.append(float(loss))
     finally:
         components.unet.train(was_training)
@@ -401,45 +346,24 @@ def save_generator_checkpoint(
     generator: torch.Generator,
     state: dict[str, Any],
 ) -> Path:
-    """Write ``directory/step-NNNNNNN`` completely (under a temporary name, then renamed), point
-    ``latest.json`` at it and remove older ones. Safetensors only: ``context``, ``unet``
+    """Write ``directory/step-NNNNNNN`` (:func:`~trcgl.training.checkpoint.write_checkpoint`),
+    point ``latest.json`` at it and remove older ones. Safetensors only: ``context``, ``unet``
     (trainable UNet weights; absent when the UNet is frozen), ``optimizer``, ``rng`` (global
     RNG states plus the training generator's); ``state.json``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
-    final = directory / name
-    tmp = directory / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    conditioner.save_context(tmp / "context.safetensors")
-    unet_state = _trainable_unet_state(unet)
-    if unet_state:
-        save_file(unet_state, str(tmp / "unet.safetensors"))
-    tensors, meta = optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"optimizer": meta})
-    tensors, meta = rng_state()
-    tensors["train_generator"] = generator.get_state()
-    save_file(tensors, str(tmp / "rng.safetensors"), metadata={"rng": meta})
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write_text(directory / LATEST, json.dumps({"checkpoint": name}) + "\n")
-    for old in directory.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write_checkpoint(
+        directory,
+        f"step-{step:07d}",
+        {"context": conditioner.save_context, "unet": _trainable_unet_state(unet)},
+        optimizer,
+        {**state, "step": step},
+        state_file=STATE_FILE,
+        rng_extra={"train_generator": generator.get_state()},
+    )
 
 
 def latest_generator_checkpoint(out_dir: str | Path) -> Path | None:
     """The checkpoint ``out_dir/checkpoints/latest.json`` points at, or ``None``."""
-    directory = Path(out_dir) / CHECKPOINTS
-    pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    path = directory / json.loads(pointer.read_text())["checkpoint"]
-    if not (path / "state.json").is_file():
-        raise DataError("generator checkpoint named by latest.json is incomplete", path=path)
-    return path
+    return latest_checkpoint(Path(out_dir) / CHECKPOINTS, state_file=STATE_FILE)
 
 
 def _load_unet_weights(unet: UNet2DConditionModel, path: Path) -> None:
@@ -454,13 +378,15 @@ def _load_unet_weights(unet: UNet2DConditionModel, path: Path) -> None:
         )
 
 
-def _prepare_unet(unet: UNet2DConditionModel, config: GeneratorTrainConfig) -> None:
-    """Switch on what ``unet_mode`` trains (adding the LoRA adapter, seeded, if missing)."""
-    if config.unet_mode == "lora":
+def _prepare_unet(unet: UNet2DConditionModel, settings: Mapping[str, Any]) -> None:
+    """Switch on what ``unet_mode`` trains (adding the LoRA adapter, seeded, if missing);
+    ``settings``: :func:`training_settings`, or those a checkpoint saved."""
+    mode = settings["unet_mode"]
+    if mode == "lora":
         if not has_lora(unet):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                add_lora(unet, config.lora_rank, config.lora_alpha)
+                torch.manual_seed(settings["seed"])
+                add_lora(unet, settings["lora_rank"], settings.get("lora_alpha"))
         unet.requires_grad_(False)
         for name, p in unet.named_parameters():
             if ".lora_" in name:
@@ -468,10 +394,9 @@ def _prepare_unet(unet: UNet2DConditionModel, config: GeneratorTrainConfig) -> N
     else:
         if has_lora(unet):
             raise ConfigError(
-                f"unet_mode={config.unet_mode!r} but the UNet carries a LoRA adapter: load "
-                "fresh components"
+                f"unet_mode={mode!r} but the UNet carries a LoRA adapter: load fresh components"
             )
-        unet.requires_grad_(config.unet_mode == "full")
+        unet.requires_grad_(mode == "full")
 
 
 def apply_trained(
@@ -484,9 +409,8 @@ def apply_trained(
     path = latest_generator_checkpoint(out_dir)
     if path is None:
         raise DataError("no generator checkpoint here", path=Path(out_dir) / CHECKPOINTS)
-    state = json.loads((path / "state.json").read_text())
-    config = GeneratorTrainConfig(**state["config"])
-    _prepare_unet(components.unet, config)
+    state = json.loads((path / STATE_FILE).read_text())
+    _prepare_unet(components.unet, state["config"])
     _load_unet_weights(components.unet, path / "unet.safetensors")
     components.unet.requires_grad_(False)
     components.unet.eval()
@@ -497,9 +421,9 @@ def apply_trained(
 # -- the loop -------------------------------------------------------------------------------------
 
 
-def _check_size(images: Tensor, components: Components, config: GeneratorTrainConfig) -> None:
+def _check_size(images: Tensor, components: Components, config: DiffusionConfig) -> None:
     size = int(images.shape[-1])
-    if config.image_size is not None and size != config.image_size:
+    if size != config.image_size:
         raise ConfigError(
             f"the dataset gives {size} px images, the config says {config.image_size}"
         )
@@ -524,11 +448,14 @@ def train_generator(
     components: Components,
     conditioner: PromptConditioner,
     dataset: Dataset[tuple[Tensor, str]],
-    config: GeneratorTrainConfig,
+    config: DiffusionConfig,
     out_dir: str | Path,
     *,
     resume: bool = True,
     progress: bool = False,
+    cpu: bool = False,
+    num_workers: int = 0,
+    max_text_table: int = 4096,
 ) -> dict[str, Any]:
     """Train C (and the UNet by ``config.unet_mode``) with Eq. 3 on ``dataset``.
 
@@ -539,11 +466,18 @@ def train_generator(
             ``components.text_encoder`` / ``tokenizer`` (its C trains in place).
         dataset: ``(image [1 or 3, S, S] in [-1, 1], prompt)`` items, e.g.
             :class:`PromptImageDataset`.
-        config: the :class:`GeneratorTrainConfig`.
+        config: the ``diffusion`` section (:class:`~trcgl.config.DiffusionConfig`): steps,
+            batch size, learning rates, ``unet_mode`` / LoRA, condition dropout, precision,
+            checkpoints, the check batch ``eval_size``; validated here.
         out_dir: checkpoints, ``loss.jsonl``, ``train.json`` and ``context.safetensors`` go
             here; with ``resume`` (default) a run with a checkpoint here continues from it.
         progress: report the device and precision, then progress (a bar on a terminal,
             plain lines elsewhere).
+        cpu: train on the CPU even where a GPU is available (tests; bit-exact resume).
+        num_workers: DataLoader worker processes.
+        max_text_table: up to this many distinct prompts, their text embeddings E_n are
+            computed once up front; beyond, per batch (then exact resume is not guaranteed bit
+            for bit on every hardware).
 
     Returns:
         The summary also written to ``train.json``: ``loss_before`` / ``loss_after`` (Eq. 3 on a
@@ -555,9 +489,9 @@ def train_generator(
 
     config.validate()
     out = Path(out_dir)
-    if config.num_context is not None and config.num_context != conditioner.num_context:
+    if config.num_context != conditioner.num_context:
         raise ConfigError(
-            f"config.num_context = {config.num_context} but the conditioner has "
+            f"diffusion.num_context = {config.num_context} but the conditioner has "
             f"m = {conditioner.num_context} context vectors"
         )
     n = len(dataset)  # type: ignore[arg-type]
@@ -565,7 +499,7 @@ def train_generator(
         raise DataError("the generator's training set is empty")
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
-        cpu=config.cpu or not torch.cuda.is_available(),
+        cpu=cpu or not torch.cuda.is_available(),
     )
     device = accelerator.device
     unet, vae = components.unet, components.vae
@@ -574,7 +508,8 @@ def train_generator(
     vae.requires_grad_(False).eval()
     conditioner.text_encoder.requires_grad_(False).eval()
     conditioner.context.requires_grad_(True)
-    _prepare_unet(unet, config)
+    settings = training_settings(config)
+    _prepare_unet(unet, settings)
     unet_params = [p for p in unet.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [
         {"params": [conditioner.context], "lr": config.lr_context, "weight_decay": 0.0}
@@ -589,13 +524,12 @@ def train_generator(
     start, state_extra, resumed_from = 0, {}, None
     checkpoint = latest_generator_checkpoint(out) if resume else None
     if checkpoint is not None:
-        saved = json.loads((checkpoint / "state.json").read_text())
-        _check_resumable(saved["config"], config, checkpoint)
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        _check_resumable(saved["config"], settings, checkpoint)
         conditioner.load_context(checkpoint / "context.safetensors")
         _load_unet_weights(unet, checkpoint / "unet.safetensors")
         load_optimizer(optimizer, checkpoint / "optimizer.safetensors")
-        restore_rng(checkpoint / "rng.safetensors")
-        generator.set_state(load_file(str(checkpoint / "rng.safetensors"))["train_generator"])
+        generator.set_state(restore_rng(checkpoint / "rng.safetensors")["train_generator"])
         start = resumed_from = int(saved["step"])
         state_extra = {"loss_before": saved.get("loss_before")}
         log.info("resuming the generator training at step %d from %s", start, checkpoint)
@@ -607,7 +541,7 @@ def train_generator(
     atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     prompts = getattr(dataset, "prompts", None)
-    text = _TextTable(conditioner, prompts, config.max_text_table)
+    text = _TextTable(conditioner, prompts, max_text_table)
     if checkpoint is None:
         state_extra = {
             "loss_before": evaluate_loss(
@@ -621,11 +555,11 @@ def train_generator(
     loader = DataLoader(
         dataset,
         batch_sampler=_StepBatches(n, config.batch_size, config.seed, start, config.steps),
-        num_workers=config.num_workers,
+        num_workers=num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
     total_t = int(components.scheduler.config.num_train_timesteps)
-    base = {"config": config.to_dict(), **state_extra}
+    base = {"config": settings, **state_extra}
     times: list[float] = []
     step = start
     unet.train()
@@ -641,7 +575,7 @@ def train_generator(
             b = images.shape[0]
             images = images.to(device=device, dtype=torch.float32)
             with torch.no_grad(), accelerator.autocast():
-                latents = encode_latents(vae, images, generator=generator).float()
+                latents = components.encode(images, generator=generator).float()
             timesteps = torch.randint(0, total_t, (b,), generator=generator).to(device)
             noise = torch.randn(latents.shape, generator=generator).to(device)
             drop = (torch.rand(b, generator=generator) < config.cond_dropout).to(device)
@@ -651,9 +585,7 @@ def train_generator(
                 embeddings = torch.where(drop[:, None, None], empty, embeddings)
             condition = _condition(conditioner, embeddings)
             with accelerator.autocast():
-                loss = diffusion_loss(
-                    unet, components.scheduler, latents, condition, timesteps, noise
-                )
+                loss = diffusion_loss(components, latents, condition, timesteps, noise)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrcglError(
@@ -700,22 +632,17 @@ def train_generator(
         "images": n,
         "device": str(device),
         "mixed_precision": accelerator.mixed_precision,
-        "config": config.to_dict(),
+        "config": settings,
     }
     conditioner.save_context(out / CONTEXT_FILE)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _check_resumable(saved: dict[str, Any], config: GeneratorTrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    differ = sorted(
-        k
-        for k in set(saved) | set(current)
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
-    )
+def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
+    differ = sorted(k for k in TRAINING_SETTINGS if k in saved and saved[k] != current[k])
     if differ:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
+        details = ", ".join(f"{k}: {saved[k]!r} → {current[k]!r}" for k in differ)
         raise ConfigError(
             f"{path}: cannot resume with a different configuration ({details}); use another "
             "output folder or resume=False to start over"

@@ -149,6 +149,12 @@ class Classifier(nn.Module):
         and the training image size (for architectures with a fixed input size)."""
         raise NotImplementedError
 
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        """Raise :class:`~trcgl.errors.ConfigError` for a value of the ``model`` section that
+        this architecture reads and cannot take (called when a configuration is loaded, before
+        any work); a subclass checks its own options."""
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's output for normalised images B×3×H×W: a feature map B×D×h×w (the
         image embedding B×D for towers that pool inside, such as CLIP's)."""

@@ -287,6 +287,15 @@ class CSRAClassifier(_NormalizationFromKwargs, Classifier):
     """
 
     @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        heads = sorted(MultiHeadCSRA.TEMPERATURES)
+        if cfg.csra_heads not in heads:
+            raise ConfigError(
+                f"model.csra_heads must be one of {', '.join(map(str, heads))}, "
+                f"got {cfg.csra_heads}"
+            )
+
+    @classmethod
     def from_config(
         cls,
         cfg: ModelConfig,

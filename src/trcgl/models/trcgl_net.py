@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trcgl.errors import DataError
+from trcgl.errors import ConfigError, DataError
 from trcgl.labels.graph import LabelGraph
 from trcgl.models.attention import ChannelReweighting, ClassSpatialAttention
 from trcgl.models.backbone import FeatureMap, create_backbone
@@ -44,6 +44,11 @@ class TRCGLNet(Classifier):
     must list the same classes in the same order."""
 
     unsaved_arguments = ("graph",)  # saved as the label-graph buffers, given back by folder_kwargs
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        if cfg.reduction < 1 or cfg.embed_dim < 1 or cfg.hidden_dim < 1:
+            raise ConfigError("model.reduction, model.embed_dim and model.hidden_dim must be >= 1")
 
     @classmethod
     def from_config(

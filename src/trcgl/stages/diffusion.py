@@ -251,7 +251,7 @@ def train_stage(
     from trcgl.diffusion.components import load_components, save_components
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.text import load_tokenizer
-    from trcgl.diffusion.train import GeneratorTrainConfig, train_generator
+    from trcgl.diffusion.train import train_generator
 
     run_dir = Path(run_dir)
     out = run_dir / DIFFUSION_DIR
@@ -279,21 +279,7 @@ def train_stage(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(d.seed)
         torch.nn.init.normal_(conditioner.context, std=0.02)
-    gcfg = GeneratorTrainConfig(
-        steps=d.steps,
-        batch_size=d.batch_size,
-        lr_context=d.lr_context,
-        lr_unet=d.lr_unet,
-        unet_mode=d.unet_mode,
-        lora_rank=d.lora_rank,
-        cond_dropout=d.cond_dropout,
-        image_size=d.image_size,
-        seed=d.seed,
-        checkpoint_every=d.checkpoint_every,
-        num_context=d.num_context,
-        mixed_precision=d.mixed_precision,
-    )
-    summary = train_generator(components, conditioner, dataset, gcfg, out, progress=progress)
+    summary = train_generator(components, conditioner, dataset, d, out, progress=progress)
     components.to("cpu")
     conditioner.to("cpu")
     generator = save_components(components, out / GENERATOR_DIR)

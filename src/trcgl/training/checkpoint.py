@@ -12,6 +12,11 @@ A checkpoint is a folder ``checkpoints/epoch-NNNN/``:
 The folder is written under a temporary name and renamed when complete, then
 ``checkpoints/latest.json`` is replaced atomically to point at it, so a kill at any moment
 leaves the previous checkpoint usable. Nothing is unpickled when loading.
+
+Both trainers write their checkpoints here, with :func:`write_checkpoint`: the classifier's
+(:func:`save_checkpoint`, ``epoch-NNNN/``) and the generator's (``step-NNNNNNN/``: the context
+vectors, the trainable UNet weights, the optimiser, the RNG states with the training
+generator's, ``state.json``; :mod:`trcgl.diffusion.train`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +84,9 @@ def rng_state() -> tuple[dict[str, torch.Tensor], str]:
     return tensors, meta
 
 
-def restore_rng(path: Path) -> None:
+def restore_rng(path: Path) -> dict[str, torch.Tensor]:
+    """Restore the global RNG states; returns the file's other tensors (a trainer's private
+    generators, saved with ``rng_extra`` of :func:`write_checkpoint`)."""
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads((fh.metadata() or {})["rng"])
@@ -90,10 +98,72 @@ def restore_rng(path: Path) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, state, gauss = meta["python"]
     random.setstate((version, tuple(state), gauss))
+    return {k: v for k, v in tensors.items() if k != "torch" and not k.startswith("cuda.")}
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+#: What a checkpoint file holds: tensors, or a function that writes the file at a path.
+CheckpointFile = Mapping[str, torch.Tensor] | Callable[[Path], None]
+
+
+def write_checkpoint(
+    directory: Path,
+    name: str,
+    files: Mapping[str, CheckpointFile],
+    optimizer: torch.optim.Optimizer,
+    state: Mapping[str, Any],
+    *,
+    state_file: str = "trainer.json",
+    rng_extra: Mapping[str, torch.Tensor] | None = None,
+    keep: Collection[str] = (),
+) -> Path:
+    """Write the checkpoint ``directory/name`` completely, point ``latest.json`` at it, and
+    remove the older checkpoints of its kind (names with the same prefix before ``-``), except
+    the names in ``keep``.
+
+    ``files``: ``<stem>.safetensors`` each (an empty tensor mapping writes nothing), then
+    ``optimizer.safetensors``, ``rng.safetensors`` (the global states and ``rng_extra``) and
+    ``state`` as JSON in ``state_file``; all in a temporary folder renamed when complete."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / name
+    tmp = directory / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for stem, content in files.items():
+        path = tmp / f"{stem}.safetensors"
+        if callable(content):
+            content(path)
+        elif content:
+            save_file(dict(content), str(path))
+    tensors, meta = optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"optimizer": meta})
+    tensors, meta = rng_state()
+    tensors.update(rng_extra or {})
+    save_file(tensors, str(tmp / "rng.safetensors"), metadata={"rng": meta})
+    (tmp / state_file).write_text(json.dumps(dict(state), indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(directory / LATEST, json.dumps({"checkpoint": name}) + "\n")
+    kind = name.split("-", 1)[0]
+    for old in directory.glob(f"{kind}-*"):
+        if old.name != name and old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: Path, state_file: str = "trainer.json") -> Path | None:
+    """The checkpoint ``directory/latest.json`` points at (``None``: none yet); an error when
+    it lacks its ``state_file``, the file written last."""
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        return None
+    path = directory / json.loads(pointer.read_text())["checkpoint"]
+    if not (path / state_file).is_file():
+        raise DataError("checkpoint named by latest.json is incomplete", path=path)
+    return path
 
 
 def save_checkpoint(
@@ -103,41 +173,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: torch.nn.Module | None,
     trainer_state: dict[str, Any],
-    keep: set[str] = frozenset(),
+    keep: Collection[str] = (),
 ) -> Path:
-    """Write ``directory/epoch-NNNN`` completely, point ``latest.json`` at it, prune older ones
-    (except the names in ``keep``)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{epoch:04d}"
-    final = directory / name
-    tmp = directory / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_state(model), str(tmp / "model.safetensors"))
+    """The classifier's checkpoint ``directory/epoch-NNNN`` (:func:`write_checkpoint`): the
+    model, its EMA, the optimiser, the RNG states and ``trainer.json``."""
+    files: dict[str, CheckpointFile] = {"model": _state(model)}
     if ema is not None:
-        save_file(_state(ema), str(tmp / "ema.safetensors"))
-    tensors, meta = optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"optimizer": meta})
-    tensors, meta = rng_state()
-    save_file(tensors, str(tmp / "rng.safetensors"), metadata={"rng": meta})
-    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write_text(directory / LATEST, json.dumps({"checkpoint": name}) + "\n")
-    for old in directory.glob("epoch-*"):
-        if old.name != name and old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    path = directory / json.loads(pointer.read_text())["checkpoint"]
-    if not (path / "trainer.json").is_file():
-        raise DataError("checkpoint named by latest.json is incomplete", path=path)
-    return path
+        files["ema"] = _state(ema)
+    return write_checkpoint(
+        directory, f"epoch-{epoch:04d}", files, optimizer, trainer_state, keep=keep
+    )
 
 
 def load_checkpoint(
