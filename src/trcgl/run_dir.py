@@ -43,13 +43,15 @@ LABEL_GRAPH = "label_graph.safetensors"
 SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
 #: Per-class metrics and tuned thresholds of one evaluation split.
 PER_CLASS = "per_class.csv"
-#: Each stage's record, written last. ``evaluate <split>`` is ``evaluation/<split>/metrics.json``.
+#: Each stage's record, written last. ``evaluate <split>`` is ``evaluation/<split>/metrics.json``;
+#: ``explain`` is the report's Fig. 4 / Fig. 5 (:mod:`trcgl.stages.explain`).
 STAGE_RECORDS = {
     "prepare": "prepare.json",
     "diffusion train": "diffusion/stage.json",
     "diffusion sample": "synthetic/sample.json",
     "diffusion filter": "synthetic/summary.json",
     "train": "train.json",
+    "explain": "figures/explain/explain.json",
 }
 #: The bookkeeping keys of a stage record (not results of the stage).
 RECORD_KEYS = ("stage", "id", "inputs", "upstream")

@@ -11,8 +11,9 @@ from trcgl.data.dataset import ManifestDataset
 from trcgl.data.manifest import Manifest
 from trcgl.data.transforms import build_transform
 from trcgl.diffusion.planner import plan_synthesis
-from trcgl.diffusion.synthetic import append_synthetic, plot_class_grid, plot_grid
+from trcgl.diffusion.synthetic import append_synthetic
 from trcgl.errors import ConfigError, DataError
+from trcgl.evaluation.figures import plot_class_grid, plot_grid
 
 CLASSES = ("Normal", "Pneumothorax", "Hernia")
 

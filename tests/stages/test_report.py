@@ -251,6 +251,37 @@ def test_explained_images_have_most_tail_labels(reports):
     assert "tuned on the validation split" in text
 
 
+def test_fig4_and_fig5_come_from_the_explain_record_and_the_page_runs_no_model(
+    reports, tmp_path, monkeypatch
+):
+    import trcgl.models.base
+    from trcgl.run_dir import RunDir
+
+    copy = tmp_path / "run"
+    shutil.copytree(reports["run"], copy)
+    run = RunDir(copy)
+    record = run.record("explain")
+    assert record["asked"] == 2 and len(record["images"]) == 2
+    assert record["inputs"] == {
+        "train": run.record_id("train"),
+        "evaluate val": run.record_id("evaluate val"),
+    }
+    assert all((copy / image["confidence"]).is_file() for image in record["images"])
+    figures = reports["page"].images
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report loaded a model")
+
+    monkeypatch.setattr(trcgl.models.base, "load_model", no_model)
+    again = Page(write_report(copy, explain_images=2).read_text(encoding="utf-8"))
+    assert len(again.images) == len(figures)
+    assert run.record("explain") == record  # current: reused
+    monkeypatch.undo()
+    run.write_record("train", {"best_epoch": 0}, inputs=())  # the model trained again
+    write_report(copy, explain_images=2)
+    assert run.record("explain")["id"] != record["id"]  # stale: drawn again
+
+
 def test_unfinished_runs_get_notes_instead_of_sections(prepared, tmp_path):
     run, _ = prepared
     copy = tmp_path / "run"

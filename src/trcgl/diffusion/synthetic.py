@@ -15,18 +15,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from trcgl.data.manifest import Manifest
 from trcgl.errors import ConfigError, DataError
-from trcgl.files import atomic_path
 
-__all__ = ["SYNTHETIC_PATIENT_PREFIX", "append_synthetic", "plot_class_grid", "plot_grid"]
+__all__ = ["SYNTHETIC_PATIENT_PREFIX", "append_synthetic"]
 
 SYNTHETIC_PATIENT_PREFIX = "synthetic"
 
@@ -111,65 +106,3 @@ def _repeats(values: Sequence[str]) -> set[str]:
     for v in values:
         (out if v in seen else seen).add(v)
     return out
-
-
-def plot_grid(
-    images: Sequence[np.ndarray | None],
-    titles: Sequence[str],
-    path: str | Path,
-    columns: int = 4,
-    title: str = "",
-    cell_inches: float = 2.0,
-) -> None:
-    """A grid of grayscale images with a title each (Fig. 3 style), written atomically.
-
-    ``None`` entries leave an empty cell (used to start each class on its own row).
-    """
-    if len(images) != len(titles):
-        raise DataError(f"{len(images)} images but {len(titles)} titles")
-    if columns < 1:
-        raise ConfigError(f"columns must be >= 1, got {columns}")
-    if not images:
-        raise DataError("no images to plot")
-    columns = min(columns, len(images))
-    rows = math.ceil(len(images) / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(cell_inches * columns, cell_inches * rows + 0.4), squeeze=False
-    )
-    try:
-        for ax in axes.ravel():
-            ax.axis("off")
-        for ax, image, text in zip(axes.ravel(), images, titles, strict=False):
-            if image is None:
-                continue
-            ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(text, fontsize=8)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-
-
-def plot_class_grid(
-    images: Sequence[np.ndarray],
-    target_classes: Sequence[str],
-    path: str | Path,
-    per_class: int = 4,
-    title: str = "Synthetic samples per tail class",
-) -> None:
-    """Fig. 3: one row per tail class (order of first appearance), up to ``per_class`` samples."""
-    if len(images) != len(target_classes):
-        raise DataError(f"{len(images)} images but {len(target_classes)} target classes")
-    if per_class < 1:
-        raise ConfigError(f"per_class must be >= 1, got {per_class}")
-    cells: list[np.ndarray | None] = []
-    titles: list[str] = []
-    for name in dict.fromkeys(target_classes):
-        chosen = [im for im, c in zip(images, target_classes, strict=True) if c == name]
-        chosen = chosen[:per_class]
-        cells += [*chosen, *([None] * (per_class - len(chosen)))]
-        titles += [name] * per_class
-    plot_grid(cells, titles, path, columns=per_class, title=title)

@@ -13,17 +13,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trcgl.data.images import read_image
+from trcgl.evaluation.figures import plot_confidence, plot_regions
 from trcgl.evaluation.inference import model_transform
-from trcgl.files import atomic_path
 from trcgl.models.base import Classifier
 
 
@@ -46,59 +42,6 @@ def attention_and_probabilities(
         a = a / a.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
         maps = a.numpy()
     return shown, probs, maps
-
-
-def plot_regions(
-    shown: np.ndarray,
-    probs: np.ndarray,
-    maps: np.ndarray,
-    classes: Sequence[str],
-    path: Path,
-    top_k: int = 3,
-    title: str = "",
-) -> None:
-    """Fig. 4: the radiograph and the attention maps of its top-k classes."""
-    top = np.argsort(-probs)[:top_k]
-    fig, axes = plt.subplots(1, len(top) + 1, figsize=(3.2 * (len(top) + 1), 3.5))
-    axes[0].imshow(shown, cmap="gray")
-    axes[0].set_title(title or "input", fontsize=9)
-    for ax, c in zip(axes[1:], top, strict=True):
-        ax.imshow(shown, cmap="gray")
-        ax.imshow(maps[c], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(f"{classes[c]}  p={probs[c]:.2f}", fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
-def plot_confidence(
-    probs: np.ndarray,
-    classes: Sequence[str],
-    path: Path,
-    thresholds: np.ndarray | None = None,
-    labels: np.ndarray | None = None,
-    title: str = "",
-) -> None:
-    """Fig. 5: every class's probability, sorted, with its threshold; true labels starred."""
-    order = np.argsort(probs)
-    thr = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
-    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(classes) + 1.2))
-    colours = ["#d62728" if probs[i] >= thr[i] else "#7f7f7f" for i in order]
-    ax.barh(range(len(order)), probs[order], color=colours)
-    ax.scatter(thr[order], range(len(order)), marker="|", color="black", s=120, label="threshold")
-    names = [classes[i] + (" ★" if labels is not None and labels[i] else "") for i in order]
-    ax.set_yticks(range(len(order)), names, fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("probability")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title or "prediction confidence (★ = true label)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 def explain_images(

@@ -438,7 +438,8 @@ def filter_stage(
         filter_synthetic,
         similarity_bound,
     )
-    from trcgl.diffusion.synthetic import append_synthetic, plot_class_grid
+    from trcgl.diffusion.synthetic import append_synthetic
+    from trcgl.evaluation.figures import plot_class_grid
     from trcgl.models.base import load_model
 
     run_dir = Path(run_dir)

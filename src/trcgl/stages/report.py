@@ -28,8 +28,10 @@ e.g. in a labels-only run or a run without synthetic images):
    per frequency group, one curve per class, its AP in the legend.
 9. **Decision regions and confidences**: Fig. 4 (class attention maps) and Fig. 5 (every
    class's probability against its tuned threshold) of a few validation images, chosen
-   deterministically (most positive tail labels first, ties by image id), drawn by
-   :func:`trcgl.evaluation.explain.explain_images` from the model folder and the image cache.
+   deterministically (most positive tail labels first, ties by image id): the figures and the
+   record that :func:`trcgl.stages.explain.explain_for_report` keeps in ``figures/explain/``
+   (made there, from the model folder and the image cache, unless its record is current).
+   Rendering the page itself runs no model.
 
 ``split=None`` reports ``test`` when it was evaluated, else ``val``. Text is escaped with
 :func:`html.escape`; numbers are right-aligned with four decimals.
@@ -42,32 +44,38 @@ import html
 import io
 import json
 import math
-import tempfile
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 import trcgl
-from trcgl.evaluation.figures import GROUP_COLOURS
+from trcgl.evaluation.figures import (
+    GROUP_COLOURS,
+    GROUPS,
+    diffusion_loss_figure,
+    figure_png,
+    is_number,
+    pr_curves_figure,
+    training_curve_figure,
+)
 from trcgl.files import atomic_write_text
 from trcgl.run_dir import LABEL_STATS, PER_CLASS, RECORD_KEYS, RunDir
+from trcgl.stages.explain import explain_for_report
 
 __all__ = ["REPORT_NAME", "write_report"]
 
 REPORT_NAME = "report.html"
-GROUPS = ("head", "medium", "tail")
 #: Embedded image files larger than this (pixels, longest side) are downscaled.
 MAX_IMAGE_SIDE = 2400
-_DPI = 110
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _TINTS = {"head": "#eaf2fa", "medium": "#fff3e6", "tail": "#fcebeb"}
 
@@ -83,12 +91,6 @@ def _esc(value: Any) -> str:
 
 def _note(text: str) -> str:
     return f'<p class="note">{_esc(text)}</p>'
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
 
 
 def _fmt(value: Any) -> str:
@@ -121,7 +123,7 @@ def _table(
     """A table; numbers right-aligned. Cells of ``html_columns`` are inserted unescaped."""
     rows = [list(r) for r in rows]
     numeric = [
-        bool(rows) and all(_is_number(r[j]) or r[j] is None for r in rows) and j not in html_columns
+        bool(rows) and all(is_number(r[j]) or r[j] is None for r in rows) and j not in html_columns
         for j in range(len(header))
     ]
     num = ' class="num"'
@@ -135,9 +137,7 @@ def _table(
         cells = []
         for j, value in enumerate(row):
             text = value if j in html_columns else _esc(_fmt(value))
-            cells.append(
-                f'<td class="num">{text}</td>' if _is_number(value) else f"<td>{text}</td>"
-            )
+            cells.append(f'<td class="num">{text}</td>' if is_number(value) else f"<td>{text}</td>")
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     ident = f' id="{_esc(table_id)}"' if table_id else ""
     return (
@@ -170,12 +170,6 @@ def _png_file(path: Path) -> bytes:
         buf = io.BytesIO()
         img.save(buf, format="PNG", optimize=True)
         return buf.getvalue()
-
-
-def _fig_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,13 +406,15 @@ def _synthetic(run: _Run) -> str:
         first = ("images", "steps", "unet_mode", "seconds_per_step", "loss_before", "loss_after")
         items = _scalars(gen, first)
         before, after = gen.get("loss_before"), gen.get("loss_after")
-        if _is_number(before) and _is_number(after) and before:
+        if is_number(before) and is_number(after) and before:
             items["loss change"] = f"{100 * (after - before) / before:+.1f} %"
         parts.append(_key_values(items, table_id="generator"))
     else:
         parts.append(_note("No diffusion/train.json (generator training summary)."))
     if loss:
-        parts.append(_img(_diffusion_loss_png(loss), "generator loss curve", "Generator loss."))
+        parts.append(
+            _img(figure_png(diffusion_loss_figure(loss)), "generator loss curve", "Generator loss.")
+        )
     else:
         parts.append(_note("No diffusion/loss.jsonl (generator loss curve)."))
     parts.append("<h3>Made, kept and rejected</h3>")
@@ -477,7 +473,7 @@ def _synthetic_per_class(
         counts = per_class[c]
         made = counts.get("made")
         kept = counts.get("kept")
-        rate = kept / made if _is_number(made) and made and _is_number(kept) else None
+        rate = kept / made if is_number(made) and made and is_number(kept) else None
         row = [c, _chip(run.group_of.get(c)), *(counts.get(k) for k in keys), rate]
         if thresholds is not None:
             row.append(thresholds.get(c))
@@ -494,26 +490,6 @@ def _synthetic_per_class(
         row_groups=groups,
         html_columns=[1],
     )
-
-
-def _diffusion_loss_png(records: list[dict[str, Any]]) -> bytes:
-    pts = [(r["step"], r["loss"]) for r in records if "step" in r and _is_number(r.get("loss"))]
-    steps = np.array([p[0] for p in pts], dtype=float)
-    loss = np.array([p[1] for p in pts], dtype=float)
-    fig = Figure(figsize=(7.5, 3.2))
-    ax = fig.subplots()
-    ax.plot(
-        steps, loss, color="#1f77b4", alpha=0.35 if len(loss) >= 20 else 1.0, lw=1, label="loss"
-    )
-    if len(loss) >= 20:
-        w = max(5, len(loss) // 50)
-        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1 :], smooth, color="#1f77b4", lw=2, label=f"mean of {w} steps")
-    ax.set_xlabel("step")
-    ax.set_ylabel("denoising loss (Eq. 3)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _fig_png(fig)
 
 
 def _training(run: _Run) -> str:
@@ -534,44 +510,12 @@ def _training(run: _Run) -> str:
     if records:
         best = (result or {}).get("best_epoch")
         caption = "Validation mAP per epoch (overall and per group) and training loss."
-        parts.append(_img(_training_png(records, best), "training curve", caption))
+        parts.append(
+            _img(figure_png(training_curve_figure(records, best)), "training curve", caption)
+        )
     else:
         parts.append(_note("No metrics.jsonl (per-epoch validation metrics)."))
     return "".join(parts)
-
-
-def _training_png(records: list[dict[str, Any]], best_epoch: Any) -> bytes:
-    by_epoch = {r["epoch"]: r for r in records if "epoch" in r}  # a resumed run: last wins
-    rows = [by_epoch[e] for e in sorted(by_epoch)]
-    epochs = [r["epoch"] for r in rows]
-    has_loss = any(_is_number(r.get("train_loss")) for r in rows)
-    fig = Figure(figsize=(10.5 if has_loss else 6, 3.4))
-    axes = fig.subplots(1, 2 if has_loss else 1, squeeze=False)[0]
-
-    def series(key: str) -> list[float]:
-        return [float(r[key]) if _is_number(r.get(key)) else math.nan for r in rows]
-
-    stage1 = [r["epoch"] for r in rows if r.get("stage") == 1]
-    for ax in axes:
-        if stage1:
-            ax.axvspan(min(stage1) - 0.5, max(stage1) + 0.5, color="0.92", label="stage 1")
-        if _is_number(best_epoch):
-            ax.axvline(best_epoch, color="0.4", ls=":", lw=1, label="best epoch")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    ax = axes[0]
-    ax.plot(epochs, series("val_mAP"), "o-", color="black", lw=2, ms=4, label="val mAP")
-    for g in GROUPS:
-        if any(f"val_{g}_mAP" in r for r in rows):
-            ax.plot(epochs, series(f"val_{g}_mAP"), "--", color=GROUP_COLOURS[g], lw=1.2, label=g)
-    ax.set_ylabel("validation mAP")
-    ax.legend(fontsize=7, ncol=2)
-    if has_loss:
-        axes[1].plot(epochs, series("train_loss"), "o-", color="#9467bd", ms=4, label="train loss")
-        axes[1].set_ylabel("training loss")
-        axes[1].legend(fontsize=7)
-    return _fig_png(fig)
 
 
 def _metrics(run: _Run) -> str:
@@ -686,118 +630,45 @@ def _pr_curves(run: _Run) -> str:
         f"Precision–recall curves on the {run.split} split ({len(preds)} images), one panel per "
         "frequency group; average precision (AP) in the legend."
     )
-    return _img(_pr_png(preds, panels, order), "precision-recall curves", caption)
+    return _img(
+        figure_png(pr_curves_figure(preds, panels, order)), "precision-recall curves", caption
+    )
 
 
-def _pr_png(preds: pd.DataFrame, panels: Mapping[str, list[str]], order: list[str]) -> bytes:
-    from matplotlib import colormaps
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
-    fig = Figure(figsize=(4.4 * len(order), 4.2))
-    axes = fig.subplots(1, len(order), squeeze=False)[0]
-    for ax, group in zip(axes, order, strict=True):
-        members = panels[group]
-        cmap = colormaps["tab10" if len(members) <= 10 else "tab20"]
-        for i, c in enumerate(members):
-            y = preds[f"label:{c}"].to_numpy().astype(int)
-            p = preds[c].to_numpy(dtype=float)
-            if not y.any():
-                ax.plot([], [], color=cmap(i % cmap.N), label=f"{c} (no positives)")
-                continue
-            precision, recall, _ = precision_recall_curve(y, p)
-            ap = average_precision_score(y, p)
-            ax.step(
-                recall, precision, where="post", color=cmap(i % cmap.N), label=f"{c} (AP {ap:.4f})"
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        colour = GROUP_COLOURS.get(group, "black")
-        noun = "class" if len(members) == 1 else "classes"
-        ax.set_title(f"{group} ({len(members)} {noun})", color=colour)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
-    return _fig_png(fig)
-
-
-def _pick_images(run: _Run, frame: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Validation images with the most positive tail labels, ties by image id."""
-    rows = frame[(frame["split"] == "val") & (frame["source"] == "real")]
-    tail = [c for c in run.groups()["tail"] if c in rows.columns]
-    score = rows[tail].sum(axis=1) if tail else pd.Series(0, index=rows.index)
-    rows = rows.assign(_tail=score.to_numpy(), _id=rows["image_id"].astype(str))
-    return rows.sort_values(["_tail", "_id"], ascending=[False, True], kind="stable").head(n)
-
-
-def _cache_root(run: _Run) -> Path | None:
-    root = RunDir(run.run_dir).cache_root(run.info or {})
-    return root if root is not None and root.is_dir() else None
-
-
-def _explanations(run: _Run, n_images: int) -> str:
-    if n_images <= 0:
-        return _note("No images asked for (explain_images=0).")
-    model_dir = run.run_dir / "model"
-    if not (model_dir / "config.json").is_file():
-        return _note("No model folder (model/config.json): the run has not been trained.")
-    if not (run.run_dir / "manifest.parquet").is_file():
-        return _note("No manifest.parquet.")
-    cache = _cache_root(run)
-    if cache is None:
-        return _note("No image cache: the run was prepared from labels only (or the cache moved).")
-
-    from trcgl.data.cache import cached_path
-    from trcgl.data.manifest import Manifest
-    from trcgl.evaluation.explain import explain_images
-    from trcgl.models.base import load_model
-
-    frame = Manifest.load(run.run_dir / "manifest.parquet").frame
-    candidates = _pick_images(run, frame, len(frame))
-    picked = []
-    for _, row in candidates.iterrows():
-        path = cached_path(cache, row["image"])
-        if path.is_file():
-            picked.append((row, path))
-        if len(picked) == n_images:
-            break
-    if not picked:
-        return _note("No cached validation image found to explain.")
-    model = load_model(model_dir)
-    classes = list(model.classes)
-    thresholds, source = None, "0.5 (the run was not evaluated)"
-    tuned = RunDir(run.run_dir).tuned_thresholds(run.split) if run.split else None
-    if tuned is not None and all(c in tuned for c in classes):
-        thresholds = np.array([tuned[c] for c in classes], dtype=float)
-        source = f"tuned on the validation split (evaluation/{run.split}/per_class.csv)"
-    known = all(c in frame.columns for c in classes)
-    labels = {p.name: row[classes].to_numpy(dtype=np.uint8) for row, p in picked} if known else None
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # A model without class attention maps: said once below instead of once per image.
-        warnings.filterwarnings("ignore", message=".*no class attention maps.*")
-        explain_images(model, [p for _, p in picked], tmp, min(3, len(classes)), thresholds, labels)
-        figures = {f.name: f.read_bytes() for f in Path(tmp).glob("*.png")}
+def _explanations(run: _Run, explained: Mapping[str, Any]) -> str:
+    """Fig. 4 / Fig. 5 from the explain record (:func:`trcgl.stages.explain.
+    explain_for_report`) and its figure files."""
+    if explained.get("note"):
+        return _note(explained["note"])
+    images = explained["images"]
+    rundir = RunDir(run.run_dir)
     parts = [
-        f"<p>{len(picked)} validation image(s) with the most positive tail labels (ties by image "
-        f"id). Thresholds: {_esc(source)}. ★ marks a true label in Fig. 5.</p>"
+        f"<p>{len(images)} validation image(s) with the most positive tail labels (ties by image "
+        f"id). Thresholds: {_esc(explained['thresholds'])}. ★ marks a true label in Fig. 5.</p>"
     ]
-    if not any(name.endswith("_regions.png") for name in figures):
-        parts.append(_note(f"{model.architecture} has no class attention maps: Fig. 5 only."))
-    for row, path in picked:
-        truth = [c for c in classes if known and row[c]]
-        chips = ", ".join(f"{_esc(c)} {_chip(run.group_of.get(c))}" for c in truth) or "none"
-        parts.append(f"<h3>{_esc(row['image_id'])}</h3><p>True labels: {chips}</p>")
+    if not explained.get("attention_maps"):
+        parts.append(
+            _note(f"{explained['architecture']} has no class attention maps: Fig. 5 only.")
+        )
+    for image in images:
+        chips = ", ".join(f"{_esc(c)} {_chip(run.group_of.get(c))}" for c in image["labels"])
+        parts.append(f"<h3>{_esc(image['image_id'])}</h3><p>True labels: {chips or 'none'}</p>")
         figs = []
-        regions = figures.get(f"{path.stem}_regions.png")
-        if regions is not None:
+        if image["regions"]:
             figs.append(
-                _img(regions, f"Fig. 4: {row['image_id']}", "Fig. 4. Class decision regions.")
+                _img(
+                    rundir.resolve(image["regions"]).read_bytes(),
+                    f"Fig. 4: {image['image_id']}",
+                    "Fig. 4. Class decision regions.",
+                )
             )
-        confidence = figures.get(f"{path.stem}_confidence.png")
-        if confidence is not None:
-            figs.append(
-                _img(confidence, f"Fig. 5: {row['image_id']}", "Fig. 5. Prediction confidence.")
+        figs.append(
+            _img(
+                rundir.resolve(image["confidence"]).read_bytes(),
+                f"Fig. 5: {image['image_id']}",
+                "Fig. 5. Prediction confidence.",
             )
+        )
         parts.append(f'<div class="grid">{"".join(figs)}</div>')
     return "".join(parts)
 
@@ -806,77 +677,31 @@ def _explanations(run: _Run, n_images: int) -> str:
 # The page
 # --------------------------------------------------------------------------------------------
 
-_CSS = """
-:root { --fg: #1d2330; --muted: #5b6472; --line: #dde1e7; }
-* { box-sizing: border-box; }
-body { margin: 0; background: #f3f4f7; color: var(--fg);
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-  sans-serif; }
-main { max-width: 1200px; margin: 0 auto; padding: 28px 36px 64px; background: #fff;
-  min-height: 100vh; }
-h1 { font-size: 1.6rem; margin: 0 0 .4em; }
-h2 { font-size: 1.3rem; margin: 2.2em 0 .6em; padding-bottom: .25em;
-  border-bottom: 2px solid var(--line); }
-h3 { font-size: 1.05rem; margin: 1.6em 0 .5em; }
-h4 { font-size: .95rem; margin: 1.2em 0 .4em; }
-dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1.2em;
-  margin: 0; font-size: .92rem; }
-dl.meta dt { color: var(--muted); }
-dl.meta dd { margin: 0; word-break: break-all; }
-nav.toc { background: #f7f8fa; border: 1px solid var(--line); border-radius: 6px;
-  padding: .6em 1.2em; margin: 1.4em 0; }
-nav.toc ol { columns: 2; margin: .3em 0; }
-nav.toc a, a { color: #1f5fa8; text-decoration: none; }
-nav.toc a:hover { text-decoration: underline; }
-.table-wrap { overflow-x: auto; max-width: 100%; }
-table { border-collapse: collapse; margin: .5em 0 1.2em; font-size: .86rem; }
-th, td { padding: .3em .75em; border-bottom: 1px solid var(--line); text-align: left;
-  vertical-align: top; }
-thead th { background: #eef0f4; border-bottom: 2px solid #c6ccd5; font-weight: 600; }
-th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.g-head { background: var(--head-tint); } tr.g-medium { background: var(--medium-tint); }
-tr.g-tail { background: var(--tail-tint); }
-tr.g-head td:first-child { box-shadow: inset 4px 0 var(--head); }
-tr.g-medium td:first-child { box-shadow: inset 4px 0 var(--medium); }
-tr.g-tail td:first-child { box-shadow: inset 4px 0 var(--tail); }
-.chip { display: inline-block; padding: 0 .55em; border-radius: .8em; font-size: .78em;
-  color: #fff; line-height: 1.6; }
-.chip.head { background: var(--head); } .chip.medium { background: var(--medium); }
-.chip.tail { background: var(--tail); }
-.legend { font-size: .85rem; color: var(--muted); }
-pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px;
-  padding: .8em 1em; max-height: 30em; overflow: auto; font-size: .8rem; line-height: 1.4; }
-figure { margin: .8em 0 1.4em; }
-figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); }
-figcaption { color: var(--muted); font-size: .85rem; margin-top: .3em; }
-.grid { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
-.grid figure { margin: 0; flex: 0 1 auto; }
-.note { color: var(--muted); background: #f8f9fb; border-left: 3px solid #c6ccd5;
-  padding: .45em .9em; margin: .6em 0; }
-footer { margin-top: 3em; color: var(--muted); font-size: .8rem; }
-"""
-
 
 def _css() -> str:
-    """The style sheet, with the group colours of Fig. 2 as CSS variables."""
+    """The style sheet (``resources/report/report.css``), with the group colours of Fig. 2 as
+    CSS variables."""
     colours = " ".join(f"--{g}: {GROUP_COLOURS[g]}; --{g}-tint: {_TINTS[g]};" for g in GROUPS)
-    return f":root {{ {colours} }}" + _CSS
+    sheet = resources.files("trcgl.resources").joinpath("report/report.css").read_text("utf-8")
+    return f":root {{ {colours} }}\n" + sheet
 
 
 def _page(title: str, header: str, sections: list[_Section]) -> str:
-    toc = "".join(f'<li><a href="#{s.ident}">{_esc(s.title)}</a></li>' for s in sections)
-    body = "".join(
-        f'<section id="{s.ident}"><h2>{_esc(s.title)}</h2>{s.body}</section>' for s in sections
+    """The page from the template ``resources/report/report.html.j2`` (autoescaped; the
+    section bodies are HTML this module built, with every value escaped)."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("trcgl", "resources/report"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
     )
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{_css()}</style></head>"
-        f'<body><main>{header}<nav class="toc"><strong>Contents</strong><ol>{toc}</ol></nav>'
-        f"{body}<footer>Written by trcgl {_esc(trcgl.__version__)}. Self-contained: every "
-        "figure is embedded; nothing is fetched.</footer></main></body></html>\n"
+    return env.get_template("report.html.j2").render(
+        title=title,
+        csp=_CSP,
+        css=markupsafe.Markup(_css()),
+        header=markupsafe.Markup(header),
+        sections=[(s.ident, s.title, markupsafe.Markup(s.body)) for s in sections],
+        version=trcgl.__version__,
     )
 
 
@@ -905,7 +730,7 @@ def write_report(run_dir: str | Path, split: str | None = None, *, explain_image
         _Section(
             "explanations",
             "Decision regions and confidences (Fig. 4, Fig. 5)",
-            _explanations(run, explain_images),
+            _explanations(run, explain_for_report(run.run_dir, run.split, explain_images)),
         ),
     ]
     for s in sections:  # section ids double as anchors; table ids must not repeat them
