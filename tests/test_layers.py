@@ -128,6 +128,6 @@ def test_registries_load_libraries_only():
         and len(node.args) == 2
         and isinstance(node.args[1], ast.Constant)
     ]
-    assert len(loaded) == 3
+    assert len(loaded) == 4  # data formats, architectures, losses, generator families
     modules = import_graph()
     assert all(m in modules and layer(m) == 1 for m in loaded), loaded

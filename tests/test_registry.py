@@ -227,3 +227,43 @@ def test_a_new_loss_is_one_class_and_its_registration(monkeypatch):
     assert loss(logits, targets).item() == pytest.approx(expected)
     with pytest.raises(ConfigError, match=r"train\.loss_options: margin must be > 0"):
         load_config("nih-demo", ["train.loss=hinge", "train.loss_options={margin: 0}"])
+
+
+def _counted_family():
+    """A generator family defined here alone: the Stable Diffusion networks, its denoiser
+    counted (one class and one registration, the contributor exercise)."""
+    from trcgl.diffusion.components import Components
+
+    class Counted(Components):
+        calls = 0
+
+        def predict_noise(self, latents, timesteps, condition):
+            type(self).calls += 1
+            return super().predict_noise(latents, timesteps, condition)
+
+    return Counted
+
+
+Counted = _counted_family()
+
+
+def test_a_new_generator_family_is_one_class_and_one_registration(prepared, tmp_path, monkeypatch):
+    from tests.conftest import TINY_DIFFUSION
+    from trcgl.registry import GENERATORS
+    from trcgl.stages import diffusion as stage
+
+    run, overrides = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with pytest.raises(ConfigError, match=r"diffusion\.generator: must be one of .*'counted'"):
+        load_config("nih-demo", [*overrides, "diffusion.generator=counted"])
+    monkeypatch.setitem(GENERATORS._entries, "counted", f"{__name__}:Counted")
+    cfg = load_config("nih-demo", [*overrides, *TINY_DIFFUSION, "diffusion.generator=counted"])
+    record = stage.train_stage(cfg, copy, progress=False)
+    assert record["family"] == "counted"
+    assert Counted.calls == cfg.diffusion.steps + 2 * 4  # steps; the check batch, twice
+    components, _ = stage.load_generator(copy)
+    assert type(components) is Counted
+    Counted.calls = 0
+    sampled = stage.sample_stage(cfg, copy, progress=False)
+    assert sampled["made"] >= 1 and Counted.calls >= cfg.diffusion.sample_steps

@@ -390,11 +390,11 @@ def experiment(
 @app.command("list")
 def list_cmd() -> None:
     """What a configuration can choose by name: presets (`-c`), data formats (`data.format`),
-    architectures (`model.architecture`) and losses (`train.loss`, with the options
-    `train.loss_options` takes)."""
+    architectures (`model.architecture`), losses (`train.loss`, with the options
+    `train.loss_options` takes) and generator families (`diffusion.generator`)."""
     import inspect
 
-    from trcgl.registry import ARCHITECTURES, DATA_FORMATS, LOSSES
+    from trcgl.registry import ARCHITECTURES, DATA_FORMATS, GENERATORS, LOSSES
 
     def first_line(obj: object) -> str:
         return (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
@@ -409,6 +409,9 @@ def list_cmd() -> None:
         ],
         ("losses (train.loss)", "options (train.loss_options)"): [
             (name, ", ".join(LOSSES.get(name).options())) for name in LOSSES.names()
+        ],
+        ("generator families (diffusion.generator)", "class"): [
+            (name, GENERATORS.get(name)) for name in GENERATORS.names()
         ],
     }
     for (title, column), rows in tables.items():

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from trcgl.errors import ConfigError
-from trcgl.registry import ARCHITECTURES, DATA_FORMATS, LOSSES
+from trcgl.registry import ARCHITECTURES, DATA_FORMATS, GENERATORS, LOSSES
 
 PRESET_DIR = "configs"
 PACKAGE_SCHEME = "trcgl://"
@@ -190,6 +190,9 @@ class DiffusionConfig:
     #: chest X-ray fine-tune such as RoentGen). ``null``: a small randomly initialised generator
     #: built in code, its VAE trained here first (CPU, demo).
     source: str | None = None
+    #: The generator family that loads ``source`` (``trcgl list`` shows the registered ones):
+    #: ``stable_diffusion``, a UNet + VAE + CLIP text encoder in the diffusers layout.
+    generator: str = "stable_diffusion"
     #: Side of the generated images (the paper: 512; the tiny generator: 64 or 128).
     image_size: int = 512
     #: Which real training images the generator learns from: those with a tail class, or all.
@@ -246,6 +249,7 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         """Raise :class:`~trcgl.errors.ConfigError` for a value its type does not rule out."""
+        GENERATORS.get(self.generator)
         for key in ("num_context", "steps", "vae_steps", "max_per_class", "filter_epochs"):
             value = getattr(self, key)
             if value is not None and value < 0:

@@ -1,13 +1,15 @@
-"""Registries: the things a configuration chooses by name (data formats, architectures, losses).
+"""Registries: what a configuration chooses by name (data formats, architectures, losses,
+generator families).
 
 A :class:`Registry` maps a name to an entry and knows which configuration key chooses it
-(``data.format``, ``model.architecture``, ``train.loss``) and which module registers the
-shipped entries. The registries are declared here, below the libraries, so that the
-configuration can check a name (and a loss's options) before any work starts without importing
-a library at import time: looking a name up imports the module that fills the registry, the way
-a plugin system loads its entry points. A library module fills its registry with the
-:meth:`Registry.register` decorator; adding a reader, an architecture or a loss is its module
-and that decorator.
+(``data.format``, ``model.architecture``, ``train.loss``, ``diffusion.generator``) and which
+module registers the shipped entries. The registries are declared here, below the libraries,
+so that the configuration can check a name (and a loss's options) before any work starts
+without importing a library at import time: looking a name up imports the module that fills
+the registry, the way a plugin system loads its entry points. A library module fills its
+registry with the :meth:`Registry.register` decorator; adding a reader, an architecture or a
+loss is its module and that decorator (a generator family: its class and one line in
+:mod:`trcgl.diffusion.families`).
 """
 
 from __future__ import annotations
@@ -103,3 +105,5 @@ DATA_FORMATS: Registry[Any] = Registry("data.format", "trcgl.data.readers")
 ARCHITECTURES: Registry[Any] = Registry("model.architecture", "trcgl.models")
 #: ``train.loss`` → a :class:`~trcgl.models.losses.MultiLabelLoss` subclass (or its builder).
 LOSSES: Registry[Any] = Registry("train.loss", "trcgl.models.losses")
+#: ``diffusion.generator`` → ``"module:Class"`` of a generator family (imported when used).
+GENERATORS: Registry[Any] = Registry("diffusion.generator", "trcgl.diffusion.families")

@@ -102,3 +102,13 @@ def test_run_refuses_several_processes(prepared, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="accelerate launch"):
         run_pipeline(load_config("nih-demo", overrides), run, log=lambda line: None)
+
+
+def test_a_misspelt_sampler_stops_the_run_before_any_work(prepared, tmp_path):
+    from trcgl.errors import ConfigError
+
+    _, overrides = prepared
+    cfg = load_config("nih-demo", [*overrides, "diffusion.scheduler=DDIMSchedular"])
+    with pytest.raises(ConfigError, match=r"did you mean 'DDIMScheduler'\?"):
+        run_pipeline(cfg, tmp_path / "run", log=lambda line: None)
+    assert not (tmp_path / "run").exists()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -200,8 +201,12 @@ class Components:
         *,
         torch_dtype: torch.dtype | None = None,
     ) -> Components:
-        """:func:`load_components`: a diffusers folder or hub id, or (``None``) tiny models."""
-        return load_components(source, tiny, torch_dtype=torch_dtype)
+        """:func:`load_components`: a diffusers folder or hub id, or (``None``) tiny models;
+        a subclass gets the same networks (one that loads others overrides this)."""
+        loaded = load_components(source, tiny, torch_dtype=torch_dtype)
+        if cls is Components:
+            return loaded
+        return cls(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(Components)})
 
     def save_pretrained(self, folder: str | Path, *, merge_lora: bool = False) -> Path:
         """:func:`save_components`: the diffusers layout, atomically."""

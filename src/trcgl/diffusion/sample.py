@@ -96,18 +96,29 @@ def ddim_step(
     return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
 
 
-def build_scheduler(training_scheduler: Any, name: str = "DDIMScheduler", **overrides: Any) -> Any:
-    """A diffusers scheduler of class ``name`` built ``from_config`` of the training schedule
-    (same β schedule, number of train timesteps and prediction type), with ``overrides``."""
+def scheduler_class(name: str) -> Any:
+    """The diffusers scheduler class called ``name`` (``diffusion.scheduler``: diffusers' own
+    classes are the registry); an unknown name is a :class:`ConfigError` with the closest."""
+    import difflib
+
     import diffusers
 
     cls = getattr(diffusers, str(name), None)
-    if not (inspect.isclass(cls) and issubclass(cls, diffusers.SchedulerMixin)):
-        known = sorted(
-            n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_")
-        )
-        raise ConfigError(f"unknown diffusers scheduler {name!r}; e.g. {', '.join(known[:12])}")
-    return cls.from_config(training_scheduler.config, **overrides)
+    if inspect.isclass(cls) and issubclass(cls, diffusers.SchedulerMixin):
+        return cls
+    known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(
+        f"diffusion.scheduler: unknown diffusers scheduler {name!r}; {hint}e.g. "
+        f"{', '.join(known[:12])}"
+    )
+
+
+def build_scheduler(training_scheduler: Any, name: str = "DDIMScheduler", **overrides: Any) -> Any:
+    """A diffusers scheduler of class ``name`` built ``from_config`` of the training schedule
+    (same β schedule, number of train timesteps and prediction type), with ``overrides``."""
+    return scheduler_class(name).from_config(training_scheduler.config, **overrides)
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

@@ -203,14 +203,15 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
     """The tiny generator with its VAE trained on the real images (once; saved to ``base/``)."""
     from torch.utils.data import DataLoader
 
-    from trcgl.diffusion.components import load_components, save_components
+    from trcgl.diffusion.families import generator_family
     from trcgl.diffusion.vae_train import fit_scaling_factor, train_vae
 
     d = cfg.diffusion
+    family = generator_family(d.generator)
     base = out / "base"
     if (out / "vae.json").is_file() and (base / "model_index.json").is_file():
-        return load_components(str(base))
-    components = load_components(None, {"image_size": d.image_size, "seed": d.seed})
+        return family.from_pretrained(str(base))
+    components = family.from_pretrained(None, {"image_size": d.image_size, "seed": d.seed})
     components.vae.to(_device())
     loader = DataLoader(
         dataset,
@@ -224,7 +225,7 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
     )
     factor = fit_scaling_factor(components.vae, loader, seed=d.seed)
     components.vae.to("cpu")
-    save_components(components, base)
+    components.save_pretrained(base)
     summary = {
         "steps": d.vae_steps,
         "loss_first": float(np.mean(losses[:20])) if losses else None,
@@ -233,7 +234,7 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
         "seconds": round(time.time() - started, 2),
     }
     atomic_write_text(out / "vae.json", json.dumps(summary, indent=2) + "\n")
-    return load_components(str(base))
+    return family.from_pretrained(str(base))
 
 
 def _source(cfg: Config) -> str | None:
@@ -244,12 +245,24 @@ def _source(cfg: Config) -> str | None:
     return str(local) if local is not None and local.exists() else source
 
 
+def check_settings(cfg: Config) -> None:
+    """What the diffusion stages need that loading the configuration does not check (it
+    imports diffusers): the generator family and the sampler (``diffusion.scheduler``) exist.
+    Called before the generator trains, so that a typo does not surface only at sampling."""
+    from trcgl.diffusion.families import generator_family
+    from trcgl.diffusion.sample import scheduler_class
+
+    generator_family(cfg.diffusion.generator)
+    scheduler_class(cfg.diffusion.scheduler)
+
+
 def train_stage(
     cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train the generator (Eq. 3) on the run's real tail images; returns the stage record."""
-    from trcgl.diffusion.components import load_components, save_components
+    check_settings(cfg)
     from trcgl.diffusion.conditioning import PromptConditioner
+    from trcgl.diffusion.families import generator_family
     from trcgl.diffusion.text import load_tokenizer
     from trcgl.diffusion.train import train_generator
 
@@ -272,7 +285,10 @@ def train_stage(
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
     dataset, rows = _dataset(cfg, run_dir, data, progress, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    components = load_components(source) if source else _tiny_base(cfg, out, dataset, progress)
+    if source:
+        components = generator_family(d.generator).from_pretrained(source)
+    else:
+        components = _tiny_base(cfg, out, dataset, progress)
     conditioner = PromptConditioner(
         components.text_encoder, components.tokenizer, num_context=d.num_context
     )
@@ -282,7 +298,7 @@ def train_stage(
     summary = train_generator(components, conditioner, dataset, d, out, progress=progress)
     components.to("cpu")
     conditioner.to("cpu")
-    generator = save_components(components, out / GENERATOR_DIR)
+    generator = components.save_pretrained(out / GENERATOR_DIR)
     conditioner.save_context(generator / CONTEXT_FILE)
     vae = json.loads((out / "vae.json").read_text()) if (out / "vae.json").is_file() else None
     return _write_record(
@@ -290,6 +306,7 @@ def train_stage(
         "train",
         {
             "generator": RunDir(run_dir).store(generator),
+            "family": d.generator,
             "source": source or "tiny",
             "images": len(rows),
             "loss_before": summary["loss_before"],
@@ -303,15 +320,16 @@ def train_stage(
 
 def load_generator(run_dir: str | Path, num_context: int | None = None):
     """The trained generator of a run: ``(components, conditioner)``."""
-    from trcgl.diffusion.components import load_components
     from trcgl.diffusion.conditioning import PromptConditioner, read_context
+    from trcgl.diffusion.families import generator_family
 
     folder = Path(run_dir) / DIFFUSION_DIR / GENERATOR_DIR
     if not (folder / CONTEXT_FILE).is_file():
         raise DataError("no trained generator here (run `trcgl diffusion train`)", path=folder)
     tensor, _ = read_context(folder / CONTEXT_FILE)
     m = int(tensor.shape[0]) if num_context is None else num_context
-    components = load_components(str(folder))
+    family = (_record(run_dir, "train") or {}).get("family", "stable_diffusion")
+    components = generator_family(family).from_pretrained(str(folder))
     conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=m)
     conditioner.load_context(folder / CONTEXT_FILE)
     return components, conditioner

@@ -98,6 +98,8 @@ def run_pipeline(
             "...`, then `trcgl evaluate` and `trcgl report`"
         )
     run_dir = Path(run_dir)
+    if cfg.diffusion.enabled:
+        diffusion.check_settings(cfg)  # before prepare: nothing is done for a typo
     result = PipelineResult(run_dir, "val")
 
     def step(name: str, done: bool, action: Callable[[], Any]) -> Any:
