@@ -15,6 +15,7 @@ import json
 import re
 import shlex
 import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,17 @@ COMMANDS: dict[str, Run | Skip] = {
     ),
     "trcgl explain --model runs/padchest/model img1.png img2.png --out figs "
     "--run-dir runs/padchest": Run(expect=["figs/img1_regions.png", "figs/img2_confidence.png"]),
+    # -- Is one model better than another?
+    "trcgl train -c my.yaml --run-dir runs/full": Run(expect=["runs/full/model/config.json"]),
+    "trcgl train -c my.yaml --run-dir runs/linear model.channel_attention=false "
+    "model.spatial_attention=false model.label_gcn=false": Run(
+        expect=["runs/linear/model/config.json"]
+    ),
+    "trcgl evaluate --run-dir runs/full": Run(expect=["runs/full/evaluation/val/metrics.json"]),
+    "trcgl evaluate --run-dir runs/linear": Run(expect=["runs/linear/evaluation/val/metrics.json"]),
+    "trcgl compare runs/full runs/linear": Run(
+        expect=["runs/full/evaluation/val/comparison.csv", "runs/full/evaluation/val/comparison.md"]
+    ),
     "accelerate launch --multi_gpu --num_processes 8 -m trcgl.cli train -c padchest "
     "data.image_root=/data/padchest": Skip(GPUS),
     "accelerate launch --multi_gpu --num_machines 2 --num_processes 16 --machine_rank 0 "
@@ -325,6 +337,18 @@ def _check_outputs(cwd: Path, outputs: dict[str, str]) -> None:
         for name in ("nih-demo", "baselines/resnet50", "padchest", "plain", "trcgl_net", "csra"):
             assert name in text
         assert "ldam_drw" in text and "gamma_neg" in text  # a loss and one of its options
+    if "trcgl compare runs/full runs/linear" in commands:
+        text = outputs["trcgl compare runs/full runs/linear"]
+        assert "paired bootstrap" in text and "difference" in text
+        table = pd.read_csv(cwd / "runs/full/evaluation/val/comparison.csv")
+        full = json.loads((cwd / "runs/full/evaluation/val/metrics.json").read_text())
+        linear = json.loads((cwd / "runs/linear/evaluation/val/metrics.json").read_text())
+        row = table[(table["subset"] == "overall") & (table["metric"] == "mAP")].iloc[0]
+        assert row["reference value"] == pytest.approx(full["summary"]["overall"]["mAP"])
+        assert row["value"] == pytest.approx(linear["summary"]["overall"]["mAP"])
+        assert 0 < row["p"] <= 1
+    if "trcgl evaluate --run-dir runs/full" in commands:
+        assert "95 % intervals" in outputs["trcgl evaluate --run-dir runs/full"]
     if "trcgl demo" in commands:
         summary = json.loads((cwd / "runs/demo/synthetic/summary.json").read_text())
         trained = json.loads((cwd / "runs/demo/train.json").read_text())
@@ -344,3 +368,21 @@ def _check_outputs(cwd: Path, outputs: dict[str, str]) -> None:
         frame = pd.read_csv(cwd / "submission.csv")
         assert len(frame) == 5 and frame.columns[0] == "ImageID"
         assert np.all((frame.iloc[:, 1:] >= 0) & (frame.iloc[:, 1:] <= 1))
+
+
+def test_readme_python_snippet_runs_as_documented(standins, tmp_path, monkeypatch):
+    """The README's Python lines, run as written in a user's working directory (a trained,
+    evaluated run at runs/demo and two images)."""
+    blocks = re.findall(
+        r"^ *```python\n(.*?)^ *```", README.read_text(encoding="utf-8"), re.M | re.S
+    )
+    assert blocks, "the README shows the Python API"
+    cwd = _session_dir(tmp_path, standins, ["trcgl report --run-dir runs/demo"])
+    monkeypatch.chdir(cwd)
+    assert invoke("evaluate", "--run-dir", "runs/demo").exit_code == 0
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(textwrap.dedent(block), "README.md", "exec"), namespace)
+        table = namespace["table"]
+        assert list(table["image"]) == ["img1.png", "img2.png"]
+        assert any(c.startswith("pred:") for c in table.columns)

@@ -141,6 +141,19 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
     return table
 
 
+def intervals_table(title: str, summary: dict, intervals: dict) -> Table:
+    """Each macro metric beside its bootstrap interval, one row per subset."""
+    from trcgl.evaluation.tables import interval_rows
+
+    rows = interval_rows(summary, intervals)
+    table = Table(title=title)
+    for col in rows[0] if rows else ["subset"]:
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    return table
+
+
 @app.command()
 def train(
     config: ConfigOption,
@@ -185,15 +198,31 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option(help="Split to evaluate: val or test.")] = "val",
     batch_size: int = 32,
     workers: int = 0,
+    bootstrap: Annotated[
+        int,
+        typer.Option(help="Patient-level bootstrap resamples for the 95 % intervals (0: none)."),
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
-    """Metrics of a model on a split: metrics.json, per-class table, Tables 1–2 layouts."""
+    """Metrics of a model on a split, with patient-level bootstrap intervals: metrics.json,
+    per-class table, Tables 1–2 layouts."""
     from trcgl.stages.evaluate import evaluate_run
 
     try:
-        ev = evaluate_run(run_dir, model, split, batch_size, workers)
+        ev = evaluate_run(
+            run_dir, model, split, batch_size, workers, bootstrap_resamples=bootstrap, seed=seed
+        )
     except TrcglError as exc:
         _fail(exc)
     console.print(metrics_table(f"{ev.name} on {split}", ev.report.summary))
+    if ev.intervals is not None:
+        console.print(
+            intervals_table(
+                f"95 % intervals: patient-level bootstrap, {bootstrap:,} resamples",
+                ev.report.summary,
+                ev.intervals,
+            )
+        )
     if ev.report.excluded:
         console.print(
             f"[yellow]no positives in {split}, left out:[/] {', '.join(ev.report.excluded)}"
@@ -201,6 +230,56 @@ def evaluate_cmd(
     if split == "val":
         console.print("F1 tuned: thresholds tuned on this same split (optimistic)")
     console.print(f"written to [bold]{ev.out_dir}[/]")
+
+
+@app.command()
+def compare(
+    folders: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Evaluated run directories or experiment variant folders; the first: reference."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="The evaluated split: val or test.")] = "val",
+    bootstrap: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the resamples.")] = 0,
+) -> None:
+    """Paired patient-level bootstrap of two or more evaluated models on the same images: each
+    model against the first, per metric and frequency group, with 95 % intervals and p-values."""
+    from trcgl.stages.compare import compare_runs
+
+    try:
+        result = compare_runs(folders, split, bootstrap, seed)
+    except TrcglError as exc:
+        _fail(exc)
+    table = Table(
+        title=f"paired bootstrap on {split}: {result.resamples:,} resamples of "
+        f"{result.patients:,} patients (difference = model − reference)"
+    )
+    columns = [
+        "model",
+        "subset",
+        "metric",
+        "reference value",
+        "value",
+        "difference",
+        "difference 95 % CI",
+        "p",
+    ]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "subset", "metric") else "right")
+    for row in result.frame.to_dict("records"):
+        table.add_row(
+            *(
+                f"{row[c]:.4f}" if isinstance(row[c], float) else escape(str(row[c]))
+                for c in columns
+            )
+        )
+    console.print(table)
+    console.print(
+        f"reference: {escape(str(result.frame['reference'].iloc[0]))}" if len(result.frame) else ""
+    )
+    console.print(f"written to [bold]{result.csv}[/] and [bold]{result.markdown}[/]")
 
 
 @app.command()
@@ -214,24 +293,54 @@ def predict(
     batch_size: int = 32,
     workers: int = 0,
     skip_corrupt: Annotated[bool, typer.Option(help="Skip and list unreadable images.")] = False,
+    binary: Annotated[
+        bool,
+        typer.Option(
+            help="Add 0/1 columns pred:<class> from the thresholds the model folder keeps "
+            "(tuned on validation by trcgl evaluate)."
+        ),
+    ] = False,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none or hflip.")] = "none",
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1, … (default: cuda when available).")
+    ] = None,
 ) -> None:
-    """Probabilities for new images, in the CXR-LT submission layout."""
+    """Probabilities for new images, in the CXR-LT submission layout (with --binary, also the
+    0/1 decisions at the model folder's tuned thresholds)."""
+    import pandas as pd
     import torch
 
-    from trcgl.evaluation.inference import list_images, predict_files
+    from trcgl.errors import DataError
+    from trcgl.evaluation.inference import binary_columns, list_images, predict_files
     from trcgl.files import atomic_write_text
-    from trcgl.models.base import load_model
+    from trcgl.models.base import DECISIONS_FILE, load_model
 
     try:
         m = load_model(model)
+        if binary and not (m.decisions or {}).get("thresholds"):
+            raise DataError(
+                f"the model folder has no tuned thresholds ({DECISIONS_FILE}): run `trcgl "
+                "evaluate --run-dir RUN` on its run once, or leave out --binary",
+                path=model,
+            )
         table = list_images(images, image_root)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         preds = predict_files(
-            m, table, batch_size, workers, skip_corrupt=skip_corrupt, device=device
+            m,
+            table,
+            batch_size,
+            workers,
+            skip_corrupt=skip_corrupt,
+            device=device,
+            tta=None if tta == "none" else tta,
         )
+        frame = preds.to_frame()
+        if binary:
+            decided = binary_columns(preds.probabilities, m.classes, m.decisions["thresholds"])
+            frame = pd.concat([frame, decided], axis=1)
     except TrcglError as exc:
         _fail(exc)
-    atomic_write_text(out, preds.to_frame().to_csv(index=False))
+    atomic_write_text(out, frame.to_csv(index=False))
     console.print(f"{len(preds.image_ids):,} images → [bold]{out}[/]")
     if preds.skipped:
         skipped = out.with_name(out.stem + "_skipped.txt")
@@ -297,6 +406,12 @@ def _pipeline(cfg, out: Path) -> None:
         _fail(exc)
     split = result.split
     console.print(metrics_table(f"{cfg.name}: {split} split", result.metrics))
+    if result.intervals:
+        console.print(
+            intervals_table(
+                "95 % intervals (patient-level bootstrap)", result.metrics, result.intervals
+            )
+        )
     if split == "val":
         console.print("F1 tuned: thresholds tuned on this same split (optimistic)")
     syn = result.synthetic

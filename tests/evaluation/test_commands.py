@@ -46,6 +46,72 @@ def test_evaluate_writes_metrics_equal_to_sklearn(evaluated):
     assert "overall" in output and "tail" in output
 
 
+def test_evaluate_gives_patient_bootstrap_intervals(evaluated):
+    from trcgl.data.manifest import Manifest
+    from trcgl.evaluation.bootstrap import bootstrap, intervals
+
+    run, output = evaluated
+    out = run / "evaluation" / "val"
+    metrics = json.loads((out / "metrics.json").read_text())
+    boot = metrics["bootstrap"]
+    frame = Manifest.load(run / "manifest.parquet").frame
+    val = frame[frame["split"] == "val"]
+    assert boot == {
+        "unit": "patient",
+        "resamples": 1000,
+        "seed": 0,
+        "level": 0.95,
+        "patients": val["patient_id"].nunique(),
+    }
+    for subset, stats in metrics["intervals"].items():
+        low, high = stats["mAP"]
+        assert low <= metrics["summary"][subset]["mAP"] <= high, subset
+    # The same numbers from the predictions written beside them (seeded, so reproducible).
+    preds = pd.read_csv(out / "predictions.csv")
+    classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
+    per_class = pd.read_csv(out / "per_class.csv")
+    info = json.loads((run / "label_stats.json").read_text())
+    again = bootstrap(
+        preds[[f"label:{c}" for c in classes]].to_numpy(),
+        preds[classes].to_numpy(),
+        val["patient_id"].tolist(),
+        classes,
+        {g: info["groups"][g] for g in ("head", "medium", "tail")},
+        per_class["threshold"].to_numpy(),
+        n_resamples=1000,
+        seed=0,
+    )
+    expected = intervals(again)
+    for subset, stats in metrics["intervals"].items():
+        for metric, pair in stats.items():
+            assert pair == pytest.approx(expected[subset][metric], abs=1e-6), (subset, metric)
+    assert "95 % intervals (patient-level bootstrap" in (out / "tables.md").read_text()
+    assert "95 % intervals" in output and "CI" in output
+
+
+def test_compare_refuses_models_evaluated_on_other_images(evaluated, tmp_path):
+    from trcgl.errors import DataError
+    from trcgl.stages.compare import compare_runs
+
+    run, _ = evaluated
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    preds = other / "evaluation" / "val" / "predictions.csv"
+    frame = pd.read_csv(preds)
+    frame.iloc[:-1].to_csv(preds, index=False)
+    with pytest.raises(DataError, match="other images than"):
+        compare_runs([run, other])
+    with pytest.raises(DataError, match="not been evaluated on test"):
+        compare_runs([run, other], split="test")
+    # The same model twice: no difference, p = 1.
+    same = tmp_path / "same"
+    shutil.copytree(run, same)
+    result = compare_runs([run, same], n_resamples=200)
+    assert (result.frame["difference"] == 0).all() and (result.frame["p"] == 1).all()
+    assert set(result.frame["subset"]) <= {"overall", "head", "medium", "tail"}
+    assert result.csv == run / "evaluation" / "val" / "comparison.csv" and result.markdown.is_file()
+
+
 def test_predict_a_folder_in_the_submission_layout(trained_run, nih_sample, tmp_path):
     run, _ = trained_run
     images = tmp_path / "images"
@@ -131,3 +197,74 @@ def test_explain_a_model_without_attention_maps_gives_fig5_only(nih_sample, tmp_
     with pytest.warns(UserWarning, match="no class attention maps"):
         written = explain_images(load_model(tmp_path / "m"), [image], tmp_path / "out")
     assert [p.name for p in written] == ["00000001_000_confidence.png"]
+
+
+def test_the_model_folder_keeps_its_thresholds_and_predict_applies_them(
+    evaluated, nih_sample, tmp_path
+):
+    run, _ = evaluated
+    decisions = json.loads((run / "model" / "decisions.json").read_text())
+    per_class = pd.read_csv(run / "evaluation" / "val" / "per_class.csv")
+    assert decisions["thresholds"] == dict(
+        zip(per_class["class"], per_class["threshold"], strict=True)
+    )
+    assert decisions["tuned_on"]["split"] == "val" and decisions["tuned_on"]["images"] > 0
+    info = json.loads((run / "label_stats.json").read_text())
+    assert decisions["groups"] == {g: info["groups"][g] for g in ("head", "medium", "tail")}
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted(p.name for p in (nih_sample / "images").iterdir())[:6]:
+        shutil.copy(nih_sample / "images" / name, images / name)
+    out = tmp_path / "preds.csv"
+    args = ["predict", "--model", str(run / "model"), str(images), "--out", str(out)]
+    result = invoke(*args, "--binary", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    classes = list(decisions["thresholds"])
+    assert list(frame.columns) == ["ImageID", *classes, *(f"pred:{c}" for c in classes)]
+    for c in classes:
+        expected = (frame[c] >= decisions["thresholds"][c]).astype(int)
+        assert (frame[f"pred:{c}"] == expected).all()
+    # Test-time flips: the mean of the image's and its mirror's probabilities.
+    result = invoke(*args, "--tta", "hflip")
+    assert result.exit_code == 0, result.output
+    flipped = pd.read_csv(out)
+    assert not np.allclose(flipped[classes].to_numpy(), frame[classes].to_numpy())
+    assert invoke(*args, "--tta", "vflip").exit_code == 2
+    # A model folder without decisions: --binary says how to get them.
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "model", bare)
+    (bare / "decisions.json").unlink()
+    result = invoke("predict", "--model", str(bare), str(images), "--out", str(out), "--binary")
+    assert result.exit_code == 2 and "trcgl evaluate" in result.output
+
+
+def test_python_api_predicts_paths_pil_images_and_arrays_alike(evaluated, nih_sample):
+    from PIL import Image
+
+    import trcgl
+    from trcgl.errors import DataError
+    from trcgl.evaluation.inference import list_images, predict_files
+    from trcgl.models.base import load_model
+
+    run, _ = evaluated
+    paths = sorted((nih_sample / "images").iterdir())[:4]
+    model = trcgl.load(run / "model", device="cpu")
+    by_path = model.predict(paths, binary=True)
+    assert list(by_path["image"]) == [str(p) for p in paths]
+    assert list(by_path.columns[1:6]) == list(model.classes)
+    reference = predict_files(load_model(run / "model"), list_images(paths[0].parent).head(4))
+    np.testing.assert_allclose(
+        by_path[list(model.classes)].to_numpy(), reference.probabilities, atol=1e-6
+    )
+    by_pil = model.predict([Image.open(p) for p in paths])
+    by_array = model.predict(np.asarray(Image.open(paths[0]).convert("RGB")))
+    np.testing.assert_allclose(by_pil[list(model.classes)], by_path[list(model.classes)], atol=1e-6)
+    np.testing.assert_allclose(
+        by_array[list(model.classes)].to_numpy()[0],
+        by_path[list(model.classes)].to_numpy()[0],
+        atol=1e-2,
+    )
+    assert by_array["image"].tolist() == ["image 0"]
+    with pytest.raises(DataError, match="no such model folder"):
+        trcgl.load(run / "nowhere")

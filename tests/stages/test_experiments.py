@@ -49,6 +49,15 @@ def test_table5_has_one_row_per_alpha_with_the_variants_metrics(table5):
         assert json.loads((folder / "train.json").read_text())["synthetic_images"] == kept
     markdown = (run / "experiments" / "table5.md").read_text()
     assert markdown.startswith("# Table 5") and "| α |" in markdown
+    # Each row's interval; the rows against α = 0.05 (the configuration's own value), paired.
+    assert frame["mAP 95 % CI"].str.match(r"\[0\.\d{4}, [01]\.\d{4}\]").all()
+    delta = frame["Δ mAP vs α = 0.05"]
+    assert delta.iloc[1] == "reference" and math.isnan(frame["p"].iloc[1])
+    for i in (0, 2):
+        assert delta.iloc[i].startswith(("+", "-")) and 0 < frame["p"].iloc[i] <= 1
+        difference = float(delta.iloc[i].split()[0])
+        assert difference == pytest.approx(frame["mAP"].iloc[i] - frame["mAP"].iloc[1], abs=1e-4)
+    assert "paired bootstrap against α = 0.05" in markdown
     assert "Table 5" in output and "table5.csv" in output
 
 

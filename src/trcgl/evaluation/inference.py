@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +121,34 @@ class Predictions:
         return frame
 
 
+TTA = (None, "hflip")
+
+
+@torch.no_grad()
+def probabilities(model: Classifier, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+    """σ(logits) of a batch of model inputs; ``tta="hflip"``: the mean of the image's and its
+    horizontal mirror's probabilities."""
+    if tta not in TTA:
+        raise DataError(f"unknown test-time augmentation {tta!r}; one of: none, hflip")
+    p = torch.sigmoid(model(images)["logits"].float())
+    if tta == "hflip":
+        p = 0.5 * (p + torch.sigmoid(model(torch.flip(images, dims=[-1]))["logits"].float()))
+    return p
+
+
+def binary_columns(
+    probs: np.ndarray, classes: Sequence[str], thresholds: Mapping[str, float]
+) -> pd.DataFrame:
+    """0/1 decisions ``pred:<class>`` = 1 where the probability reaches the class's threshold."""
+    missing = [c for c in classes if c not in thresholds]
+    if missing:
+        raise DataError(f"no decision threshold for the classes {missing[:3]}")
+    thr = np.array([float(thresholds[c]) for c in classes])
+    return pd.DataFrame(
+        (np.asarray(probs) >= thr).astype(np.int64), columns=[f"pred:{c}" for c in classes]
+    )
+
+
 @torch.no_grad()
 def predict_files(
     model: Classifier,
@@ -130,14 +158,16 @@ def predict_files(
     size: int | None = None,
     skip_corrupt: bool = False,
     device: str | torch.device = "cpu",
+    tta: str | None = None,
 ) -> Predictions:
-    """Probabilities for the rows of :func:`list_images`."""
+    """Probabilities for the rows of :func:`list_images`; ``tta="hflip"`` averages them with
+    those of the horizontally flipped image."""
     data = _Files(images["path"], model_transform(model, size), skip_corrupt)
     loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
     model.eval().to(device)
     probs, ok = [], []
     for batch in loader:
-        probs.append(torch.sigmoid(model(batch["image"].to(device))["logits"].float()).cpu())
+        probs.append(probabilities(model, batch["image"].to(device), tta).cpu())
         ok.append(batch["ok"])
     p = torch.cat(probs).numpy().astype(np.float64)
     good = torch.cat(ok).numpy().astype(bool)

@@ -1,7 +1,9 @@
 """The paper's table layouts of a metrics report (Table 1: overall; Table 2: frequency groups).
 
 * Table 1 layout: method | mAP | mAUC | F1 (at 0.5) | F1 (per-class thresholds);
-* Table 2 layout: method | head / medium / tail mAP, mAUC and F1.
+* Table 2 layout: method | head / medium / tail mAP, mAUC and F1;
+* intervals: per subset, each macro metric beside its bootstrap interval
+  (:mod:`trcgl.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,27 @@ def table2_row(name: str, report: MetricsReport) -> dict[str, Any]:
         for g in GROUPS:
             row[f"{g} {metric}"] = report.summary.get(g, {}).get(key, float("nan"))
     return row
+
+
+def interval_rows(
+    summary: dict[str, dict[str, Any]], intervals: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per subset (overall, head, medium, tail): each metric and its interval."""
+    from trcgl.evaluation.bootstrap import format_interval
+
+    names = {"mAP": "mAP", "mAUC": "mAUC", "macro_F1": "F1", "macro_F1_tuned": "F1 (tuned thr.)"}
+    rows = []
+    for subset, stats in summary.items():
+        if not stats.get("n_classes"):
+            continue
+        row: dict[str, Any] = {"subset": subset}
+        for key, name in names.items():
+            if key in stats and key in intervals.get(subset, {}):
+                value = stats[key]
+                row[name] = "–" if value is None else f"{value:.4f}"
+                row[f"{name} 95 % CI"] = format_interval(*intervals[subset][key])
+        rows.append(row)
+    return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: What the model folder decided after training: per-class thresholds tuned on validation
+#: (and on what), the frequency groups (:func:`save_decisions`).
+DECISIONS_FILE = "decisions.json"
 
 
 def register(name: str) -> Callable[[type[Classifier]], type[Classifier]]:
@@ -114,6 +117,8 @@ class Classifier(nn.Module):
     #: How inputs were prepared in training (``image_size``, ``mean``, ``std``); saved in
     #: config.json so that ``predict`` / ``explain`` prepare new images the same way.
     preprocessing: dict[str, Any] | None = None
+    #: ``decisions.json`` of the model folder it was loaded from (tuned thresholds), if any.
+    decisions: dict[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -278,4 +283,28 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Classi
     model = cls(**kwargs)
     load_state(model, folder / WEIGHTS_FILE)
     model.preprocessing = config.get("preprocessing")
+    decisions = folder / DECISIONS_FILE
+    model.decisions = json.loads(decisions.read_text()) if decisions.is_file() else None
     return model.to(device).eval()
+
+
+def save_decisions(
+    folder: str | Path,
+    classes: Sequence[str],
+    thresholds: Sequence[float],
+    tuned_on: Mapping[str, Any],
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """Write ``decisions.json`` into a model folder (atomically): the per-class decision
+    thresholds by class name, what they were tuned on (split, images, patients, the rule), and
+    the frequency groups; :func:`load_model` gives them back as ``model.decisions``."""
+    if len(classes) != len(thresholds):
+        raise DataError(f"{len(thresholds)} thresholds for {len(classes)} classes", path=folder)
+    path = Path(folder) / DECISIONS_FILE
+    payload = {
+        "thresholds": {str(c): float(t) for c, t in zip(classes, thresholds, strict=True)},
+        "tuned_on": dict(tuned_on),
+        "groups": {g: list(v) for g, v in (groups or {}).items()},
+    }
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,12 +21,17 @@ import torch
 
 from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
+from trcgl.evaluation.bootstrap import bootstrap, intervals
 from trcgl.evaluation.inference import predict_dataset
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
-from trcgl.evaluation.tables import markdown, table1_row, table2_row
+from trcgl.evaluation.tables import interval_rows, markdown, table1_row, table2_row
 from trcgl.files import atomic_write_text
-from trcgl.models.base import load_model
+from trcgl.models.base import load_model, save_decisions
 from trcgl.run_dir import MANIFEST, PER_CLASS, RunDir
+
+#: Patient-level bootstrap resamples of ``trcgl evaluate`` and the intervals' level.
+BOOTSTRAP_RESAMPLES = 1000
+LEVEL = 0.95
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Evaluation:
     name: str
     split: str
     out_dir: Path
+    intervals: dict[str, Any] | None = None
 
 
 def evaluate_run(
@@ -43,10 +50,14 @@ def evaluate_run(
     batch_size: int = 32,
     num_workers: int = 0,
     out_dir: str | Path | None = None,
+    *,
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> Evaluation:
     """Evaluate ``model_dir`` (default ``<run_dir>/model``) on ``split`` of the prepared run
     ``run_dir``; write into ``<out_dir>/evaluation/<split>/`` (``out_dir`` default: the model
-    folder's parent)."""
+    folder's parent). ``bootstrap_resamples`` patient-level resamples (seeded by ``seed``; 0:
+    none) give the 95 % intervals of every macro metric (:mod:`trcgl.evaluation.bootstrap`)."""
     started = time.time()
     run = RunDir(run_dir)
     run_dir = run.root
@@ -74,7 +85,37 @@ def evaluate_run(
     probs, labels = probabilities(split)
     val_probs, val_labels = (probs, labels) if split == "val" else probabilities("val")
     thresholds = tune_thresholds(val_labels, val_probs)
+    val_rows = data.manifest.frame[data.manifest.frame["split"] == "val"]
+    # The model folder keeps the thresholds, so that `predict --binary` applies them.
+    save_decisions(
+        model_dir,
+        model.classes,
+        thresholds,
+        {
+            "split": "val",
+            "run": run.root.name,
+            "images": len(val_rows),
+            "patients": int(val_rows["patient_id"].nunique()),
+            "rule": "per class, the F1-optimal threshold on the validation split",
+        },
+        data.groups,
+    )
     report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
+    frame = data.manifest.frame
+    rows = frame[frame["split"] == split]
+    ci: dict[str, Any] | None = None
+    if bootstrap_resamples > 0:
+        sample = bootstrap(
+            labels,
+            probs,
+            rows["patient_id"].tolist(),
+            model.classes,
+            data.groups,
+            thresholds,
+            n_resamples=bootstrap_resamples,
+            seed=seed,
+        )
+        ci = intervals(sample, LEVEL)
     name = model.display_name()
     record_dir = RunDir(out_dir if out_dir is not None else model_dir.parent)
     out = record_dir.evaluation(split)
@@ -87,9 +128,17 @@ def evaluate_run(
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),
     }
+    if ci is not None:
+        payload["intervals"] = ci
+        payload["bootstrap"] = {
+            "unit": "patient",
+            "resamples": bootstrap_resamples,
+            "seed": seed,
+            "level": LEVEL,
+            "patients": int(rows["patient_id"].nunique()),
+        }
     atomic_write_text(out / PER_CLASS, report.per_class.to_csv(index=False))
-    frame = data.manifest.frame
-    ids = frame.loc[frame["split"] == split, "image_id"].tolist()
+    ids = rows["image_id"].tolist()
     preds = pd.DataFrame(probs, columns=list(model.classes))
     preds.insert(0, "ImageID", ids)
     truth = pd.DataFrame(labels.astype(int), columns=[f"label:{c}" for c in model.classes])
@@ -109,10 +158,17 @@ def evaluate_run(
         + markdown([table2_row(name, report)])
         + note
     )
+    if ci is not None:
+        tables += (
+            f"\n## 95 % intervals (patient-level bootstrap, {bootstrap_resamples:,} resamples, "
+            f"{payload['bootstrap']['patients']:,} patients)\n\n"
+            + markdown(interval_rows(report.summary, ci))
+            + "\n"
+        )
     atomic_write_text(out / "tables.md", tables)
     # Last: the stage record, naming the training record (train.json) the model came from.
     record_dir.write_record(f"evaluate {split}", payload, started, inputs=("train",))
-    return Evaluation(report, name, split, out)
+    return Evaluation(report, name, split, out, ci)
 
 
 def explain_context(run_dir: Path, classes: tuple[str, ...]):

@@ -232,6 +232,64 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reference(cfg: Config, variants: list[Variant]) -> int | None:
+    """The row the others are compared with: the full model, or in a sweep the value the
+    configuration itself has (the paper's w_syn 0.5, α 0.05)."""
+    for i, v in enumerate(variants):
+        if v.name == FULL:
+            return i
+    for i, v in enumerate(variants):
+        if len(v.overrides) == 1 and "=" in v.overrides[0]:
+            key, _, value = v.overrides[0].partition("=")
+            section, _, name = key.partition(".")
+            current = getattr(getattr(cfg, section, None), name, None)
+            if isinstance(current, int | float) and math.isclose(float(value), float(current)):
+                return i
+    return None
+
+
+def _with_intervals(
+    frame: pd.DataFrame, folders: list[Path], split: str, reference: int | None
+) -> str:
+    """Add each row's mAP interval and, against the reference row, the paired bootstrap
+    difference in mAP and its p-value (``*``: p < 0.05) to ``frame``; the table's note."""
+    from trcgl.evaluation.bootstrap import format_interval
+    from trcgl.stages.compare import compare_runs
+
+    records = [RunDir(f).record(f"evaluate {split}") or {} for f in folders]
+    frame["mAP 95 % CI"] = [
+        format_interval(*((r.get("intervals") or {}).get("overall", {}).get("mAP", [None, None])))
+        for r in records
+    ]
+    if reference is None or len(folders) < 2 or not all(r.get("bootstrap") for r in records):
+        return ""
+    others = [f for i, f in enumerate(folders) if i != reference]
+    resamples = int(records[reference]["bootstrap"]["resamples"])
+    compared = compare_runs([folders[reference], *others], split, resamples)
+    rows = compared.frame[
+        (compared.frame["subset"] == "overall") & (compared.frame["metric"] == "mAP")
+    ]
+    by_folder = {Path(r["folder"]): r for r in rows.to_dict("records")}
+    name = frame["method"].iloc[reference]
+    deltas, marks = [], []
+    for i, f in enumerate(folders):
+        r = by_folder.get(f)
+        if i == reference or r is None:
+            deltas.append("reference" if i == reference else "–")
+            marks.append(math.nan)
+            continue
+        star = " *" if r["p"] is not None and r["p"] < 0.05 else ""
+        deltas.append(f"{r['difference']:+.4f} {r['difference 95 % CI']}{star}")
+        marks.append(r["p"])
+    frame[f"Δ mAP vs {name}"] = deltas
+    frame["p"] = marks
+    return (
+        f" mAP 95 % CI: patient-level bootstrap ({resamples:,} resamples); Δ mAP: paired "
+        f"bootstrap against {name} on the same resamples, * where p < 0.05 (not corrected for "
+        "the number of rows)."
+    )
+
+
 @dataclass
 class ExperimentResult:
     table: str
@@ -282,7 +340,7 @@ def run_experiment(
                 log(f"diffusion {key} ...")
             record = fn(cfg, run_dir, progress=progress)
         synthetic_id = record.get("id")
-    rows, trained = [], []
+    rows, trained, folders = [], [], []
     for variant, vcfg, synthetic in configs:
         out = variant_dir(run_dir, variant, vcfg, synthetic)
         if not prepare_classifier(out, synthetic_id if synthetic else None):
@@ -304,7 +362,10 @@ def run_experiment(
         assert evaluated is not None  # written by evaluate_run above, or complete
         summary = evaluated["summary"]
         rows.append((variant, _group_metrics(summary)))
+        folders.append(out)
     frame = table_frame(table, rows, paper=cfg.data.format == "padchest")
+    reference = _reference(cfg, [v for v, _, _ in configs])
+    significance = _with_intervals(frame, folders, split, reference)
     folder = run_dir / "experiments"
     csv, md = folder / f"{table}.csv", folder / f"{table}.md"
     atomic_write_text(csv, frame.to_csv(index=False))
@@ -314,6 +375,7 @@ def run_experiment(
             " (optimistic here)" if split == "val" else ""
         )
     note += "."
+    note += significance
     if cfg.data.format == "padchest":
         note += " Paper: PadChest, its own split (docs/method.md §5)."
     atomic_write_text(md, f"# {TITLES[table]}\n\n" + markdown_table(frame) + note + "\n")

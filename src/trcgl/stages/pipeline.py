@@ -41,6 +41,8 @@ class PipelineResult:
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: The metrics' patient-level bootstrap intervals (``metrics.json``'s ``intervals``).
+    intervals: dict[str, Any] = field(default_factory=dict)
     synthetic: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None
 
@@ -145,5 +147,6 @@ def run_pipeline(
     evaluated = RunDir(run_dir).record(f"evaluate {result.split}")
     assert evaluated is not None  # written by evaluate_run above, or complete
     result.metrics = evaluated["summary"]
+    result.intervals = evaluated.get("intervals") or {}
     result.report = step("report", False, lambda: write_report(run_dir, result.split))
     return result

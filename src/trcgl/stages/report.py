@@ -67,6 +67,7 @@ from trcgl.evaluation.figures import (
     pr_curves_figure,
     training_curve_figure,
 )
+from trcgl.evaluation.tables import interval_rows
 from trcgl.files import atomic_write_text
 from trcgl.run_dir import LABEL_STATS, PER_CLASS, RECORD_KEYS, RunDir
 from trcgl.stages.explain import explain_for_report
@@ -550,6 +551,23 @@ def _metrics(run: _Run) -> str:
         "thresholds tuned on the validation split.</p>",
         _table(header, rows, table_id="metrics-summary", row_groups=subsets),
     ]
+    if metrics.get("intervals"):
+        boot = metrics.get("bootstrap", {})
+        rows = interval_rows(summary, metrics["intervals"])
+        if rows:
+            parts.append(
+                f"<h3>95 % intervals</h3><p>Patient-level bootstrap: {boot.get('resamples', '?')} "
+                f"resamples of the {boot.get('patients', '?')} patients (seed "
+                f"{boot.get('seed', '?')}); percentile intervals.</p>"
+            )
+            parts.append(
+                _table(
+                    list(rows[0]),
+                    [list(r.values()) for r in rows],
+                    table_id="metrics-intervals",
+                    row_groups=[r["subset"] for r in rows],
+                )
+            )
     if metrics.get("optimistic_tuned_f1") or run.split == "val":
         parts.append(
             _note("F1 (tuned thr.) is optimistic here: the thresholds were tuned on this split.")
