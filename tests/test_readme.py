@@ -339,7 +339,7 @@ def _check_outputs(cwd: Path, outputs: dict[str, str]) -> None:
         assert "ldam_drw" in text and "gamma_neg" in text  # a loss and one of its options
     if "trcgl compare runs/full runs/linear" in commands:
         text = outputs["trcgl compare runs/full runs/linear"]
-        assert "paired bootstrap" in text and "difference" in text
+        assert "paired bootstrap" in text and "Δ 95 % CI" in text
         table = pd.read_csv(cwd / "runs/full/evaluation/val/comparison.csv")
         full = json.loads((cwd / "runs/full/evaluation/val/metrics.json").read_text())
         linear = json.loads((cwd / "runs/linear/evaluation/val/metrics.json").read_text())

@@ -142,15 +142,20 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
 
 
 def intervals_table(title: str, summary: dict, intervals: dict) -> Table:
-    """Each macro metric beside its bootstrap interval, one row per subset."""
-    from trcgl.evaluation.tables import interval_rows
+    """The 95 % interval of each macro metric, one row per subset (the values themselves are
+    in :func:`metrics_table`); three decimals, so that it fits 80 columns in a log."""
+    from trcgl.evaluation.bootstrap import format_interval
 
-    rows = interval_rows(summary, intervals)
+    columns = {"mAP": "mAP", "mAUC": "mAUC", "macro_F1": "F1@0.5", "macro_F1_tuned": "F1 tuned"}
     table = Table(title=title)
-    for col in rows[0] if rows else ["subset"]:
-        table.add_column(col, justify="left" if col == "subset" else "right")
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+    table.add_column("subset")
+    for name in columns.values():
+        table.add_column(name, justify="right")
+    for name, s in summary.items():
+        if not s.get("n_classes") or name not in intervals:
+            continue
+        cells = [format_interval(*intervals[name].get(k, (None, None)), 3) for k in columns]
+        table.add_row(name, *cells)
     return table
 
 
@@ -218,10 +223,17 @@ def evaluate_cmd(
     if ev.intervals is not None:
         console.print(
             intervals_table(
-                f"95 % intervals: patient-level bootstrap, {bootstrap:,} resamples",
+                f"95 % intervals (patient-level bootstrap, {bootstrap:,} resamples)",
                 ev.report.summary,
                 ev.intervals,
             )
+        )
+    if ev.calibration is not None:
+        cal = ev.calibration
+        console.print(
+            f"calibration: macro ECE {cal['macro_ece']:.4f} ({cal['bins']} bins); after "
+            f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val) "
+            f"{cal['macro_ece_after_temperature']:.4f}"
         )
     if ev.report.excluded:
         console.print(
@@ -252,33 +264,31 @@ def compare(
         result = compare_runs(folders, split, bootstrap, seed)
     except TrcglError as exc:
         _fail(exc)
-    table = Table(
-        title=f"paired bootstrap on {split}: {result.resamples:,} resamples of "
-        f"{result.patients:,} patients (difference = model − reference)"
-    )
-    columns = [
-        "model",
-        "subset",
-        "metric",
-        "reference value",
-        "value",
-        "difference",
-        "difference 95 % CI",
-        "p",
-    ]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "subset", "metric") else "right")
-    for row in result.frame.to_dict("records"):
-        table.add_row(
-            *(
-                f"{row[c]:.4f}" if isinstance(row[c], float) else escape(str(row[c]))
-                for c in columns
-            )
-        )
-    console.print(table)
+    from trcgl.evaluation.bootstrap import format_interval
+
     console.print(
-        f"reference: {escape(str(result.frame['reference'].iloc[0]))}" if len(result.frame) else ""
+        f"paired bootstrap on {split}: {result.resamples:,} resamples of {result.patients:,} "
+        "patients, the same for every model; Δ = model − reference"
     )
+    frame = result.frame
+    if len(frame):
+        console.print(f"reference: {escape(str(frame['reference'].iloc[0]))}")
+    for folder, rows in frame.groupby("folder", sort=False):
+        table = Table(title=escape(f"{rows['model'].iloc[0]} ({folder})"), title_justify="left")
+        for col in ("subset", "metric", "ref.", "model", "Δ", "Δ 95 % CI", "p"):
+            table.add_column(col, justify="left" if col in ("subset", "metric") else "right")
+        for row in rows.to_dict("records"):
+            p = row["p"]
+            table.add_row(
+                row["subset"],
+                row["metric"],
+                f"{row['reference value']:.4f}",
+                f"{row['value']:.4f}",
+                f"{row['difference']:+.4f}",
+                format_interval(row["difference low"], row["difference high"], 3),
+                "–" if p is None or p != p else f"{p:.3f}",
+            )
+        console.print(table)
     console.print(f"written to [bold]{result.csv}[/] and [bold]{result.markdown}[/]")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -86,7 +87,7 @@ def test_evaluate_gives_patient_bootstrap_intervals(evaluated):
         for metric, pair in stats.items():
             assert pair == pytest.approx(expected[subset][metric], abs=1e-6), (subset, metric)
     assert "95 % intervals (patient-level bootstrap" in (out / "tables.md").read_text()
-    assert "95 % intervals" in output and "CI" in output
+    assert "95 % intervals" in output and re.search(r"\[0\.\d{3}, [01]\.\d{3}\]", output)
 
 
 def test_compare_refuses_models_evaluated_on_other_images(evaluated, tmp_path):
@@ -268,3 +269,21 @@ def test_python_api_predicts_paths_pil_images_and_arrays_alike(evaluated, nih_sa
     assert by_array["image"].tolist() == ["image 0"]
     with pytest.raises(DataError, match="no such model folder"):
         trcgl.load(run / "nowhere")
+
+
+def test_evaluate_reports_calibration_and_keeps_the_temperature(evaluated):
+    from trcgl.evaluation.calibration import expected_calibration_error, fit_temperature
+
+    run, output = evaluated
+    out = run / "evaluation" / "val"
+    cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    preds = pd.read_csv(out / "predictions.csv")
+    classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
+    y, p = preds[[f"label:{c}" for c in classes]].to_numpy(), preds[classes].to_numpy()
+    np.testing.assert_allclose(
+        [cal["ece"][c] for c in classes], expected_calibration_error(y, p, cal["bins"]), atol=1e-6
+    )
+    assert cal["temperature"] == pytest.approx(fit_temperature(y, p), rel=1e-3)  # val = val
+    decisions = json.loads((run / "model" / "decisions.json").read_text())
+    assert decisions["temperature"] == pytest.approx(cal["temperature"])
+    assert "## Calibration" in (out / "tables.md").read_text() and "macro ECE" in output

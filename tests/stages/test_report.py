@@ -174,8 +174,9 @@ def test_report_is_self_contained(reports):
     assert not [u for u in page.urls if re.match(r"\s*(https?:)?//", u, re.I)]
     assert "<script" not in text and "<link" not in text and "@import" not in text
     assert all(u.startswith(("#", PNG_URI)) for u in page.urls)
-    # Fig. 2, generator loss, Fig. 3, training curve, PR curves, Fig. 4 + 5 of two images.
-    assert len(page.images) == 9
+    # Fig. 2, generator loss, Fig. 3, training curve, reliability, PR curves, Fig. 4 + 5 of two
+    # images.
+    assert len(page.images) == 10
     for src in page.images:
         assert src.startswith(PNG_URI)
         data = base64.b64decode(src[len(PNG_URI) :], validate=True)
@@ -217,6 +218,21 @@ def test_printed_metrics_equal_metrics_json(reports):
     for record in metrics["per_class"]:
         assert f"{record['ap']:.4f}" in per_class[record["class"]]
         assert f"{record['threshold']:.4f}" == per_class[record["class"]][-1]
+
+
+def test_metrics_carry_their_intervals_and_calibration(reports):
+    run, page, text = reports["run"], reports["page"], reports["text"]
+    metrics = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+    rows = {r[0]: r for r in page.tables["metrics-intervals"]}
+    low, high = metrics["intervals"]["overall"]["mAP"]
+    assert rows["overall"][1:3] == [
+        f"{metrics['summary']['overall']['mAP']:.4f}",
+        f"[{low:.4f}, {high:.4f}]",
+    ]
+    cal = {r[0]: r for r in page.tables["calibration"]}
+    assert cal["overall"][1] == f"{metrics['calibration']['macro_ece']:.4f}"
+    assert cal["overall"][2] == f"{metrics['calibration']['macro_ece_after_temperature']:.4f}"
+    assert 'alt="reliability diagram"' in text
 
 
 def test_synthetic_section_with_and_without_synthetic_data(reports):

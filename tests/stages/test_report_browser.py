@@ -72,8 +72,8 @@ def test_report_loads_cleanly_in_headless_chromium(browser, trained_run, tmp_pat
     assert result.console_errors == []
     assert result.page_errors == []
     assert result.external_requests == []
-    # Fig. 2, generator loss, Fig. 3, training curve, PR curves, Fig. 4 and Fig. 5.
-    assert len(result.images) == 7
+    # Fig. 2, generator loss, Fig. 3, training curve, reliability, PR curves, Fig. 4, Fig. 5.
+    assert len(result.images) == 8
     assert all(width > 0 for _, width in result.images), result.images
     for heading in (
         "Configuration",

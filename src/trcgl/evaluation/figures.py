@@ -4,9 +4,10 @@
 * Fig. 3: synthetic samples per tail class (:func:`plot_class_grid`, :func:`plot_grid`);
 * Fig. 4: class decision regions (:func:`plot_regions`); Fig. 5: prediction confidences
   (:func:`plot_confidence`);
-* the report's curves: the generator's loss, the classifier's training curve and
-  precision–recall curves (:func:`diffusion_loss_figure`, :func:`training_curve_figure`,
-  :func:`pr_curves_figure`, returned as figures for :func:`figure_png`).
+* the report's curves: the generator's loss, the classifier's training curve,
+  precision–recall curves and reliability diagrams (:func:`diffusion_loss_figure`,
+  :func:`training_curve_figure`, :func:`pr_curves_figure`, :func:`reliability_figure`,
+  returned as figures for :func:`figure_png`).
 
 Files are written atomically; the report's figures use matplotlib's object API (no global
 pyplot state), so they can be drawn from several threads.
@@ -306,4 +307,39 @@ def pr_curves_figure(
         ax.set_title(f"{group} ({len(members)} {noun})", color=colour)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
+    return fig
+
+
+def reliability_figure(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], temperature: float | None
+) -> Figure:
+    """Reliability diagram: share of positives against mean probability per bin, one curve
+    per subset (``curves``: name → :func:`~trcgl.evaluation.calibration.reliability_curve`),
+    the diagonal for perfect calibration; beside it, how many (image, class) pairs each bin
+    holds (log scale)."""
+    fig = Figure(figsize=(9.5, 3.8))
+    ax, hist = fig.subplots(1, 2)
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfectly calibrated")
+    for name, (mean_p, share, count) in curves.items():
+        colour = GROUP_COLOURS.get(name, "black")
+        style = "o-" if name == "overall" else "s--"
+        ax.plot(
+            mean_p, share, style, color=colour, ms=4, lw=1.5 if name == "overall" else 1, label=name
+        )
+        hist.plot(mean_p, count, style, color=colour, ms=4, lw=1, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("share of positives")
+    title = "reliability"
+    if temperature is not None:
+        title += f" (before temperature scaling; T = {temperature:.3f})"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    hist.set_yscale("log")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("mean predicted probability")
+    hist.set_ylabel("(image, class) pairs in the bin")
+    hist.grid(alpha=0.3)
     return fig

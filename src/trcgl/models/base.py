@@ -294,10 +294,12 @@ def save_decisions(
     thresholds: Sequence[float],
     tuned_on: Mapping[str, Any],
     groups: Mapping[str, Sequence[str]] | None = None,
+    temperature: float | None = None,
 ) -> Path:
     """Write ``decisions.json`` into a model folder (atomically): the per-class decision
-    thresholds by class name, what they were tuned on (split, images, patients, the rule), and
-    the frequency groups; :func:`load_model` gives them back as ``model.decisions``."""
+    thresholds by class name, what they were tuned on (split, images, patients, the rule), the
+    frequency groups and the calibration temperature T (p' = σ(logit p / T), fitted on the
+    same split); :func:`load_model` gives them back as ``model.decisions``."""
     if len(classes) != len(thresholds):
         raise DataError(f"{len(thresholds)} thresholds for {len(classes)} classes", path=folder)
     path = Path(folder) / DECISIONS_FILE
@@ -305,6 +307,7 @@ def save_decisions(
         "thresholds": {str(c): float(t) for c, t in zip(classes, thresholds, strict=True)},
         "tuned_on": dict(tuned_on),
         "groups": {g: list(v) for g, v in (groups or {}).items()},
+        "temperature": None if temperature is None else float(temperature),
     }
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return path

@@ -149,6 +149,8 @@ def compare_runs(
                         "95 % CI": format_interval(*own[subset][metric]),
                         "difference": b - a,
                         "difference 95 % CI": format_interval(d["low"], d["high"]),
+                        "difference low": d["low"],
+                        "difference high": d["high"],
                         "p": d["p"],
                     }
                 )
@@ -156,7 +158,9 @@ def compare_runs(
     out = RunDir(paths[0]).evaluation(split)
     csv, md = out / "comparison.csv", out / "comparison.md"
     atomic_write_text(csv, frame.to_csv(index=False))
-    shown = frame.drop(columns=["reference", "folder"], errors="ignore")
+    shown = frame.drop(
+        columns=["reference", "folder", "difference low", "difference high"], errors="ignore"
+    )
     note = (
         f"\n\nPaired patient-level bootstrap on the {split} split: {n_resamples:,} resamples of "
         f"{len(set(map(str, patients))):,} patients (seed {seed}), the same for every model; "

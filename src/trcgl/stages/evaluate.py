@@ -22,6 +22,11 @@ import torch
 from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
 from trcgl.evaluation.bootstrap import bootstrap, intervals
+from trcgl.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+)
 from trcgl.evaluation.inference import predict_dataset
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
 from trcgl.evaluation.tables import interval_rows, markdown, table1_row, table2_row
@@ -32,6 +37,8 @@ from trcgl.run_dir import MANIFEST, PER_CLASS, RunDir
 #: Patient-level bootstrap resamples of ``trcgl evaluate`` and the intervals' level.
 BOOTSTRAP_RESAMPLES = 1000
 LEVEL = 0.95
+#: Equal-width probability bins of the expected calibration error.
+CALIBRATION_BINS = 15
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Evaluation:
     split: str
     out_dir: Path
     intervals: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
 
 
 def evaluate_run(
@@ -85,6 +93,7 @@ def evaluate_run(
     probs, labels = probabilities(split)
     val_probs, val_labels = (probs, labels) if split == "val" else probabilities("val")
     thresholds = tune_thresholds(val_labels, val_probs)
+    temperature = fit_temperature(val_labels, val_probs)
     val_rows = data.manifest.frame[data.manifest.frame["split"] == "val"]
     # The model folder keeps the thresholds, so that `predict --binary` applies them.
     save_decisions(
@@ -99,6 +108,7 @@ def evaluate_run(
             "rule": "per class, the F1-optimal threshold on the validation split",
         },
         data.groups,
+        temperature=temperature,
     )
     report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
     frame = data.manifest.frame
@@ -127,6 +137,18 @@ def evaluate_run(
         "thresholds_tuned_on": "val",
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),
+    }
+    ece = expected_calibration_error(labels, probs, CALIBRATION_BINS)
+    scaled = expected_calibration_error(
+        labels, apply_temperature(probs, temperature), CALIBRATION_BINS
+    )
+    payload["calibration"] = {
+        "bins": CALIBRATION_BINS,
+        "ece": dict(zip(model.classes, map(float, ece), strict=True)),
+        "macro_ece": float(ece.mean()),
+        "temperature": temperature,
+        "temperature_fitted_on": "val",
+        "macro_ece_after_temperature": float(scaled.mean()),
     }
     if ci is not None:
         payload["intervals"] = ci
@@ -158,6 +180,12 @@ def evaluate_run(
         + markdown([table2_row(name, report)])
         + note
     )
+    cal = payload["calibration"]
+    tables += (
+        f"\n## Calibration\n\nMacro expected calibration error ({CALIBRATION_BINS} bins): "
+        f"{cal['macro_ece']:.4f}; after temperature scaling (T = {temperature:.3f}, fitted on "
+        f"the validation split): {cal['macro_ece_after_temperature']:.4f}.\n"
+    )
     if ci is not None:
         tables += (
             f"\n## 95 % intervals (patient-level bootstrap, {bootstrap_resamples:,} resamples, "
@@ -168,7 +196,7 @@ def evaluate_run(
     atomic_write_text(out / "tables.md", tables)
     # Last: the stage record, naming the training record (train.json) the model came from.
     record_dir.write_record(f"evaluate {split}", payload, started, inputs=("train",))
-    return Evaluation(report, name, split, out, ci)
+    return Evaluation(report, name, split, out, ci, payload["calibration"])
 
 
 def explain_context(run_dir: Path, classes: tuple[str, ...]):

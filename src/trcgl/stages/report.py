@@ -22,7 +22,9 @@ e.g. in a labels-only run or a run without synthetic images):
 5. **Training**: ``train.json`` and the curve of ``metrics.jsonl`` (validation mAP per epoch,
    overall and per group; training loss).
 6. **Metrics**: mAP, mAUC, macro-F1 at 0.5 and at the tuned thresholds, overall and per
-   frequency group (``evaluation/<split>/metrics.json``).
+   frequency group, with their patient-bootstrap intervals; calibration: macro ECE before and
+   after temperature scaling and a reliability diagram (``evaluation/<split>/metrics.json``,
+   ``predictions.csv``).
 7. **Per-class metrics**: ``evaluation/<split>/per_class.csv`` (AP, AUC, F1, threshold).
 8. **Precision–recall curves**: from ``predictions.csv`` (scores and true labels), one panel
    per frequency group, one curve per class, its AP in the legend.
@@ -65,6 +67,7 @@ from trcgl.evaluation.figures import (
     figure_png,
     is_number,
     pr_curves_figure,
+    reliability_figure,
     training_curve_figure,
 )
 from trcgl.evaluation.tables import interval_rows
@@ -568,6 +571,7 @@ def _metrics(run: _Run) -> str:
                     row_groups=[r["subset"] for r in rows],
                 )
             )
+    parts.append(_calibration(run, metrics.get("calibration")))
     if metrics.get("optimistic_tuned_f1") or run.split == "val":
         parts.append(
             _note("F1 (tuned thr.) is optimistic here: the thresholds were tuned on this split.")
@@ -586,6 +590,58 @@ def _metrics(run: _Run) -> str:
                 + ", ".join(metrics["excluded_auc"])
             )
         )
+    return "".join(parts)
+
+
+def _calibration(run: _Run, cal: Mapping[str, Any] | None) -> str:
+    """Macro ECE before / after temperature scaling, per-group ECE, the reliability diagram
+    (from ``predictions.csv``)."""
+    if not cal:
+        return _note("No calibration in metrics.json (evaluated by an older trcgl).")
+    from trcgl.evaluation.calibration import reliability_curve
+
+    bins = int(cal.get("bins", 15))
+    ece = cal.get("ece") or {}
+    rows = [["overall", cal.get("macro_ece"), cal.get("macro_ece_after_temperature")]]
+    groups = run.groups()
+    for g in GROUPS:
+        values = [ece[c] for c in groups.get(g, []) if ece.get(c) is not None]
+        if values:
+            rows.append([g, float(np.mean(values)), None])
+    parts = [
+        "<h3>Calibration</h3>",
+        f"<p>Expected calibration error of each class's probabilities ({bins} equal-width "
+        f"bins), averaged; temperature scaling (one T = {cal.get('temperature', math.nan):.3f} "
+        "for all classes, fitted on the validation split, kept in the model folder) changes no "
+        "ranking, so AP and AUC stay as above.</p>",
+        _table(
+            ["subset", "macro ECE", "after temperature scaling"],
+            rows,
+            table_id="calibration",
+            row_groups=[r[0] for r in rows],
+        ),
+    ]
+    path = run.eval_dir / "predictions.csv" if run.eval_dir else None
+    if path is not None and path.is_file():
+        preds = pd.read_csv(path)
+        classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
+        classes = [c for c in classes if f"label:{c}" in preds]
+        subsets = {"overall": classes} | {
+            g: [c for c in groups.get(g, []) if c in classes] for g in GROUPS
+        }
+        curves = {
+            name: reliability_curve(
+                preds[[f"label:{c}" for c in members]].to_numpy(), preds[members].to_numpy(), bins
+            )
+            for name, members in subsets.items()
+            if members
+        }
+        caption = (
+            f"Reliability on the {run.split} split: share of positives against mean probability "
+            "per bin, over every (image, class) pair of each subset; right: pairs per bin."
+        )
+        figure = reliability_figure(curves, cal.get("temperature"))
+        parts.append(_img(figure_png(figure), "reliability diagram", caption))
     return "".join(parts)
 
 
