@@ -102,6 +102,9 @@ COMMANDS: dict[str, Run | Skip] = {
     ),
     "trcgl explain --model runs/padchest/model img1.png img2.png --out figs "
     "--run-dir runs/padchest": Run(expect=["figs/img1_regions.png", "figs/img2_confidence.png"]),
+    "trcgl export --model runs/padchest/model --out model.onnx --attention": Run(
+        expect=["model.onnx", "model.onnx.json"]
+    ),
     # -- Is one model better than another?
     "trcgl train -c my.yaml --run-dir runs/full": Run(expect=["runs/full/model/config.json"]),
     "trcgl train -c my.yaml --run-dir runs/linear model.channel_attention=false "

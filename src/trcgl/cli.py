@@ -359,6 +359,30 @@ def predict(
 
 
 @app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="Model folder (from trcgl train).")],
+    out: Annotated[Path, typer.Option(help="Output file (.onnx, .pt or .pt2).")],
+    format_: Annotated[
+        str, typer.Option("--format", help="onnx, torchscript or exported-program.")
+    ] = "onnx",
+    attention: Annotated[
+        bool, typer.Option(help="Also output the class attention maps (TRCGL-Net, CSRA).")
+    ] = False,
+    size: Annotated[int | None, typer.Option(help="Input size (default: the model's).")] = None,
+) -> None:
+    """Export a model folder for deployment without trcgl: normalised images in, class
+    probabilities (and attention maps) out; a .json beside it describes the input."""
+    from trcgl.models.base import load_model
+    from trcgl.models.export import export_model
+
+    try:
+        path, meta = export_model(load_model(model), out, format_, attention=attention, size=size)
+    except TrcglError as exc:
+        _fail(exc)
+    console.print(f"{format_} → [bold]{path}[/] (inputs and outputs described in {meta.name})")
+
+
+@app.command()
 def explain(
     model: Annotated[Path, typer.Option(help="Model folder.")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
