@@ -14,19 +14,15 @@ numbers of those resamples are checked equal; the ratio is per resample. Writes
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import bench_metrics  # the same score matrix, beside this script
 import numpy as np
 import sklearn
+from results_file import save
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-import trcgl
 from trcgl.evaluation.bootstrap import bootstrap, patient_weights
 
 N_SAMPLES = bench_metrics.N_SAMPLES
@@ -97,19 +93,8 @@ def main() -> None:
         "sklearn_seconds_for_all_resamples_extrapolated": round(per_theirs * args.resamples, 1),
         "speedup": round(per_theirs / per_ours, 1),
         "max_abs_difference": worst,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "sklearn": sklearn.__version__,
-            "trcgl": trcgl.__version__,
-        },
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out, numpy=np.__version__, sklearn=sklearn.__version__)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,6 @@ probabilities agree. Writes ``benchmarks/results/export.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -23,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from results_file import save
 
-import trcgl
 from trcgl.labels.graph import LabelGraph
 from trcgl.models.export import export_model
 from trcgl.models.trcgl_net import TRCGLNet
@@ -75,19 +71,14 @@ def main() -> None:
         "images_per_second": {k: round(v, 2) for k, v in rate.items()},
         "ratio_onnxruntime_over_pytorch": round(rate["onnxruntime"] / rate["pytorch"], 3),
         "max_abs_difference": difference,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "onnxruntime": ort.__version__,
-            "trcgl": trcgl.__version__,
-        },
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(
+        result,
+        args.out,
+        torch=torch.__version__,
+        torch_threads=str(torch.get_num_threads()),
+        onnxruntime=ort.__version__,
+    )
 
 
 if __name__ == "__main__":
