@@ -8,9 +8,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 
-def load(folder, device=None):
-    """A model folder ready to predict: ``trcgl.load(folder).predict(images)`` → a DataFrame
-    (:func:`trcgl.api.load`; imported on first use, so ``import trcgl`` stays light)."""
+def load(source, device=None):
+    """A model folder or hub repository id (``org/name``) ready to predict:
+    ``trcgl.load(source).predict(images)`` → a DataFrame (:func:`trcgl.api.load`; imported on
+    first use, so ``import trcgl`` stays light)."""
     from trcgl.api import load as _load
 
-    return _load(folder, device)
+    return _load(source, device)

@@ -1,19 +1,23 @@
-"""The Python entry point: ``trcgl.load(folder)`` → a :class:`Predictor`.
+"""The Python entry point: ``trcgl.load(folder or hub id)`` → a :class:`Predictor`.
 
     import trcgl
-    model = trcgl.load("runs/demo/model")
+    model = trcgl.load("runs/demo/model")          # or a hub repository: "org/name"
     table = model.predict(["a.png", "b.dcm"], binary=True)
+    model.push_to_hub("org/name")                  # the folder and a model card
 
 A :class:`Predictor` is a model folder ready for inference: the classifier, the input path it
 was trained with (size, normalisation; :class:`~trcgl.evaluation.inference.ModelInput`) and
 the decisions the folder keeps (``decisions.json``: per-class thresholds tuned on validation).
 It takes image files (PNG, JPEG, TIFF, 16-bit PNG, DICOM), PIL images and arrays of any size
-and channel count, and returns one row per image. This module sits beside the command line,
-above the libraries it uses.
+and channel count, and returns one row per image. A hub repository id is fetched with
+``huggingface_hub.snapshot_download`` (only the model folder's files), from the local hub cache
+when offline. This module sits beside the command line, above the libraries it uses.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,16 @@ from trcgl.errors import DataError
 from trcgl.evaluation.inference import binary_columns, model_transform, probabilities
 from trcgl.models.base import DECISIONS_FILE, Classifier, load_model
 
-__all__ = ["Predictor", "load"]
+__all__ = ["Predictor", "load", "model_card"]
+
+#: The files of a model folder that go to and come from the hub.
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "label_graph.safetensors",
+    DECISIONS_FILE,
+    "README.md",
+]
 
 
 def _as_array(item: Any) -> np.ndarray:
@@ -47,7 +60,13 @@ def _name(item: Any, i: int) -> str:
 class Predictor:
     """A loaded model folder (see the module docstring)."""
 
-    def __init__(self, model: Classifier, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        device: str | torch.device | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        self.folder = folder
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.transform = model_transform(model)
@@ -96,10 +115,104 @@ class Predictor:
             frame = pd.concat([frame, binary_columns(p, self.classes, self.thresholds)], axis=1)
         return frame
 
+    def push_to_hub(self, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
+        """Upload the model folder and a model card (:func:`model_card`) to the hub repository
+        ``repo_id`` (created if missing; private unless ``private=False``); returns its URL."""
+        from huggingface_hub import HfApi
 
-def load(folder: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """The model folder ``folder`` (written by ``trcgl train``) as a :class:`Predictor`."""
-    path = Path(folder).expanduser()
+        if self.folder is None:
+            raise DataError("this model was not loaded from a folder; nothing to upload")
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp)
+            for name in HUB_FILES:
+                if (self.folder / name).is_file() and name != "README.md":
+                    shutil.copy2(self.folder / name, staged / name)
+            (staged / "README.md").write_text(model_card(self.model, repo_id), encoding="utf-8")
+            api.upload_folder(
+                repo_id=repo_id, folder_path=str(staged), commit_message="trcgl model folder"
+            )
+        return f"https://huggingface.co/{repo_id}"
+
+
+def model_card(model: Classifier, repo_id: str) -> str:
+    """The hub README of a model folder: what it predicts, its input, its decisions."""
+    from trcgl import __version__
+
+    decisions = model.decisions or {}
+    thresholds = decisions.get("thresholds") or {}
+    groups = decisions.get("groups") or {}
+    group_of = {c: g for g, members in groups.items() for c in members}
+    pre = model.preprocessing or {}
+    rows = "\n".join(
+        f"| {c} | {group_of.get(c, '–')} | "
+        + (f"{thresholds[c]:.4f}" if c in thresholds else "–")
+        + " |"
+        for c in model.classes
+    )
+    tuned = decisions.get("tuned_on") or {}
+    return f"""---
+library_name: trcgl
+tags: [chest-x-ray, multi-label-classification, long-tailed, medical-imaging]
+pipeline_tag: image-classification
+---
+
+# {repo_id}
+
+{model.display_name()}: multi-label chest X-ray classification with trcgl {__version__}
+({len(model.classes)} classes). Not a medical device; for research.
+
+```python
+import trcgl
+model = trcgl.load("{repo_id}")
+table = model.predict(["image.png"], binary=True)
+```
+
+Input: a radiograph of any size and format, resized (Lanczos) to {pre.get("image_size", "?")} px
+and normalised as in training (`config.json`, `preprocessing`). Output: one probability per
+class; `binary=True` adds 0/1 decisions at the thresholds below, tuned per class (F1-optimal)
+on the validation split of `{tuned.get("run", "?")}` ({tuned.get("images", "?")} images,
+{tuned.get("patients", "?")} patients). Calibration temperature:
+{decisions.get("temperature", "–")}.
+
+| class | frequency group | threshold |
+|---|---|---:|
+{rows}
+"""
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except GatedRepoError as exc:
+        raise DataError(f"{repo_id} is gated: log in with `hf auth login` ({exc})") from exc
+    except RepositoryNotFoundError as exc:
+        raise DataError(
+            f"no model repository {repo_id!r} on the hub (or it is private: `hf auth login`)"
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise DataError(
+            f"{repo_id} is not in the local hub cache and the hub cannot be reached (offline, "
+            f"HF_HUB_OFFLINE=1?): download it once with `hf download {repo_id}`"
+        ) from exc
+
+
+def load(source: str | Path, device: str | torch.device | None = None) -> Predictor:
+    """A model folder (written by ``trcgl train``) or a hub repository id (``org/name``) as a
+    :class:`Predictor`."""
+    path = Path(source).expanduser()
     if not path.is_dir():
-        raise DataError("no such model folder", path=path)
-    return Predictor(load_model(path), device)
+        text = str(source)
+        if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists():
+            path = _from_hub(text)
+        else:
+            raise DataError("no such model folder", path=path)
+    return Predictor(load_model(path), device, folder=path)

@@ -287,3 +287,67 @@ def test_evaluate_reports_calibration_and_keeps_the_temperature(evaluated):
     decisions = json.loads((run / "model" / "decisions.json").read_text())
     assert decisions["temperature"] == pytest.approx(cal["temperature"])
     assert "## Calibration" in (out / "tables.md").read_text() and "macro ECE" in output
+
+
+def _hub_entry(cache, repo, folder):
+    """A model folder in a hub cache laid out as huggingface_hub lays it out."""
+    commit = "1" * 40
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = entry / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    for path in folder.iterdir():
+        shutil.copy(path, snapshot / path.name)
+
+
+def test_load_a_hub_id_from_the_local_cache_and_push_a_model_card(
+    evaluated, nih_sample, tmp_path, monkeypatch
+):
+    import huggingface_hub
+    import huggingface_hub.constants as constants
+
+    import trcgl
+    from trcgl.errors import DataError
+
+    run, _ = evaluated
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match="hf download someone/absent"):
+        trcgl.load("someone/absent")
+    uploads = []
+
+    class FakeApi:  # records what push_to_hub sends instead of reaching the network
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            uploads.append(("create", repo_id, private))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            target = tmp_path / "uploaded"
+            shutil.copytree(folder_path, target)
+            uploads.append(("upload", repo_id, sorted(p.name for p in target.iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    local = trcgl.load(run / "model", device="cpu")
+    assert local.push_to_hub("org/trcgl-demo") == "https://huggingface.co/org/trcgl-demo"
+    assert uploads[0] == ("create", "org/trcgl-demo", True)
+    assert uploads[1][1:] == (
+        "org/trcgl-demo",
+        [
+            "README.md",
+            "config.json",
+            "decisions.json",
+            "label_graph.safetensors",
+            "model.safetensors",
+        ],
+    )
+    card = (tmp_path / "uploaded" / "README.md").read_text()
+    assert "library_name: trcgl" in card and all(f"| {c} |" in card for c in local.classes)
+    _hub_entry(tmp_path / "hub", "org/trcgl-demo", tmp_path / "uploaded")
+    hub = trcgl.load("org/trcgl-demo", device="cpu")
+    images = sorted((nih_sample / "images").iterdir())[:3]
+    pd.testing.assert_frame_equal(
+        hub.predict(images, binary=True), local.predict(images, binary=True)
+    )
