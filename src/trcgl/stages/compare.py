@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,10 @@ def _data_root(folder: Path) -> RunDir:
     raise DataError(f"{folder} is not inside a prepared run (no {LABEL_STATS} above it)")
 
 
-def _read(folder: Path, split: str) -> tuple[str, pd.DataFrame, dict[str, float] | None]:
+def _read(
+    folder: Path, split: str
+) -> tuple[str, pd.DataFrame, dict[str, float] | None, dict[str, Any]]:
+    """Name, predictions, tuned thresholds and the metrics ``evaluate`` recorded."""
     run = RunDir(folder)
     predictions = run.evaluation(split) / "predictions.csv"
     if not predictions.is_file():
@@ -74,7 +78,11 @@ def _read(folder: Path, split: str) -> tuple[str, pd.DataFrame, dict[str, float]
     frame = pd.read_csv(predictions)
     if "ImageID" not in frame:
         raise DataError("no ImageID column", path=predictions)
-    return name, frame, run.tuned_thresholds(split)
+    return name, frame, run.tuned_thresholds(split), record.get("summary") or {}
+
+
+def _number(value: Any) -> float:
+    return np.nan if value is None else float(value)
 
 
 def compare_runs(
@@ -88,7 +96,7 @@ def compare_runs(
     first = loaded[0][1]
     ids = first["ImageID"].astype(str).tolist()
     classes = [c for c in first.columns if c != "ImageID" and not c.startswith("label:")]
-    for path, (_, frame, _) in zip(paths[1:], loaded[1:], strict=True):
+    for path, (_, frame, _, _) in zip(paths[1:], loaded[1:], strict=True):
         other = frame["ImageID"].astype(str)
         if set(other) != set(ids) or len(other) != len(ids):
             missing = sorted(set(ids) ^ set(other))[:3]
@@ -111,18 +119,19 @@ def compare_runs(
     labels = first[[f"label:{c}" for c in classes]].to_numpy().astype(bool)
     weights = patient_weights(patients, n_resamples, seed)
     samples, points, names = [], [], []
-    for name, frame, tuned in loaded:
+    for name, frame, tuned, summary in loaded:
         scores = frame.set_index(frame["ImageID"].astype(str)).loc[ids, classes].to_numpy(float)
         thresholds = (
             [tuned[c] for c in classes] if tuned and all(c in tuned for c in classes) else None
         )
         full = bootstrap(labels, scores, patients, classes, groups, thresholds, weights=weights)
-        point = bootstrap(
-            labels, scores, patients, classes, groups, thresholds, weights=np.ones((1, len(ids)))
-        )
         samples.append(full)
+        # The point estimates are the ones `evaluate` recorded for these predictions.
         points.append(
-            {s: {m: float(v[0]) for m, v in ms.items()} for s, ms in point.values.items()}
+            {
+                sub: {m: _number(summary.get(sub, {}).get(m)) for m in ms}
+                for sub, ms in full.values.items()
+            }
         )
         names.append(name)
     rows = []

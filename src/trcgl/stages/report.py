@@ -42,6 +42,7 @@ e.g. in a labels-only run or a run without synthetic images):
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -212,6 +213,12 @@ class _Run:
     @property
     def eval_dir(self) -> Path | None:
         return None if self.split is None else RunDir(self.run_dir).evaluation(self.split)
+
+    @functools.cached_property
+    def predictions(self) -> pd.DataFrame | None:
+        """``predictions.csv`` of the reported split (read once for every section)."""
+        path = self.eval_dir / "predictions.csv" if self.eval_dir else None
+        return pd.read_csv(path) if path is not None and path.is_file() else None
 
     def groups(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {g: [] for g in GROUPS}
@@ -621,9 +628,8 @@ def _calibration(run: _Run, cal: Mapping[str, Any] | None) -> str:
             row_groups=[r[0] for r in rows],
         ),
     ]
-    path = run.eval_dir / "predictions.csv" if run.eval_dir else None
-    if path is not None and path.is_file():
-        preds = pd.read_csv(path)
+    preds = run.predictions
+    if preds is not None:
         classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
         classes = [c for c in classes if f"label:{c}" in preds]
         subsets = {"overall": classes} | {
@@ -688,10 +694,9 @@ def _per_class(run: _Run) -> str:
 
 
 def _pr_curves(run: _Run) -> str:
-    path = run.eval_dir / "predictions.csv" if run.eval_dir else None
-    if path is None or not path.is_file():
+    preds = run.predictions
+    if preds is None:
         return _note("No predictions.csv (`trcgl evaluate`).")
-    preds = pd.read_csv(path)
     classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
     if not any(f"label:{c}" in preds for c in classes):
         return _note("predictions.csv has no true labels (label:<class> columns).")
