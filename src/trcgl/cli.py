@@ -159,6 +159,17 @@ def intervals_table(title: str, summary: dict, intervals: dict) -> Table:
     return table
 
 
+def localisation_line(loc: dict) -> str:
+    """One line of the localisation scores (macro over the classes with boxes)."""
+    o = loc["overall"]
+    maps = "attention maps" if loc["method"] == "attention" else "Grad-CAM"
+    return (
+        f"localisation ({maps}, {o['pairs']} boxed image-class pairs, {o['classes']} classes): "
+        f"pointing {o['macro_pointing']:.3f}, mass inside boxes {o['macro_mass_inside']:.3f} "
+        f"(chance {o['macro_chance']:.3f})"
+    )
+
+
 @app.command()
 def train(
     config: ConfigOption,
@@ -235,6 +246,8 @@ def evaluate_cmd(
             f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val) "
             f"{cal['macro_ece_after_temperature']:.4f}"
         )
+    if ev.localisation is not None:
+        console.print(localisation_line(ev.localisation))
     if ev.report.excluded:
         console.print(
             f"[yellow]no positives in {split}, left out:[/] {', '.join(ev.report.excluded)}"
@@ -446,6 +459,8 @@ def _pipeline(cfg, out: Path) -> None:
                 "95 % intervals (patient-level bootstrap)", result.metrics, result.intervals
             )
         )
+    if result.localisation is not None:
+        console.print(localisation_line(result.localisation))
     if split == "val":
         console.print("F1 tuned: thresholds tuned on this same split (optimistic)")
     syn = result.synthetic

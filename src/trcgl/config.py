@@ -57,6 +57,12 @@ class DataConfig:
     exclude: list[str] = field(default_factory=list)
     #: Skip (and list) missing or corrupt images instead of stopping with an error.
     skip_corrupt: bool = False
+    #: Keep the data set's radiologist boxes (``boxes.parquet``) so that ``evaluate`` scores
+    #: the class maps against them; only formats with a box reader have them (``nih``).
+    boxes: bool = True
+    #: The box file. ``None``: the format's copy inside the installed ``torchxrayvision`` wheel
+    #: (NIH's ``BBox_List_2017.csv.gz``).
+    boxes_csv: str | None = None
 
 
 @dataclass

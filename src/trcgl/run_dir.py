@@ -38,11 +38,15 @@ from trcgl.training.data import TrainingData, with_synthetic
 #: The prepare stage's record of label statistics, groups and the image cache.
 LABEL_STATS = "label_stats.json"
 MANIFEST = "manifest.parquet"
+#: Radiologist boxes of the manifest's images (:mod:`trcgl.data.boxes`), where the data has them.
+BOXES = "boxes.parquet"
 LABEL_GRAPH = "label_graph.safetensors"
 #: The kept synthetic images as manifest rows, their paths relative to the run directory.
 SYNTHETIC_MANIFEST = "synthetic/manifest.parquet"
 #: Per-class metrics and tuned thresholds of one evaluation split.
 PER_CLASS = "per_class.csv"
+#: Per-class localisation scores beside it (where the run has boxes on the split).
+LOCALISATION = "localisation.csv"
 #: Each stage's record, written last. ``evaluate <split>`` is ``evaluation/<split>/metrics.json``;
 #: ``explain`` is the report's Fig. 4 / Fig. 5 (:mod:`trcgl.stages.explain`).
 STAGE_RECORDS = {

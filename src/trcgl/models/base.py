@@ -19,6 +19,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -104,6 +105,19 @@ def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+@dataclass(frozen=True)
+class CamLayer:
+    """Where Grad-CAM reads a backbone whose :meth:`Classifier.forward_features` is not a
+    feature map: ``module``'s output is tokens (``prefix`` class / register tokens, then the
+    ``grid`` h×w patch tokens; B×N×D, or N×B×D when not ``batch_first``) or, with ``prefix``
+    ``None``, already a feature map B×D×h×w."""
+
+    module: nn.Module
+    prefix: int | None = None
+    grid: tuple[int, int] | None = None
+    batch_first: bool = True
+
+
 class Classifier(nn.Module):
     """Base class. Subclasses take keyword constructor arguments (class names as ``classes``;
     they are recorded in ``init_kwargs`` and saved in ``config.json`` with no code of the
@@ -171,6 +185,18 @@ class Classifier(nn.Module):
         """The head on :meth:`forward_features`' output: ``{"logits": B×C}`` and, with
         ``return_attention``, the class attention maps where the head has them."""
         raise NotImplementedError
+
+    @property
+    def has_attention_maps(self) -> bool:
+        """Whether ``forward(..., return_attention=True)`` gives class attention maps B×C×h×w
+        (TRCGL-Net's a_c of Eq. 12, CSRA's)."""
+        return False
+
+    def cam_layer(self) -> CamLayer | None:
+        """Where Grad-CAM reads this model (:mod:`trcgl.evaluation.localisation`): ``None``
+        (the default) for :meth:`forward_features`' feature map; transformer backbones, whose
+        class token pools the patches in the last block, name the last block's input."""
+        return None
 
     def forward(
         self, images: torch.Tensor, return_attention: bool = False

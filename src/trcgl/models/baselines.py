@@ -36,7 +36,7 @@ from torch import nn
 
 from trcgl.errors import ConfigError, DataError
 from trcgl.models.backbone import FeatureMap, create_backbone
-from trcgl.models.base import Classifier, load_state, register
+from trcgl.models.base import CamLayer, Classifier, load_state, register
 
 if TYPE_CHECKING:
     from trcgl.config import ModelConfig
@@ -183,6 +183,15 @@ class TimmClassifier(_NormalizationFromKwargs, Classifier):
                 )
         return self.model.forward_features(images)
 
+    def cam_layer(self) -> CamLayer | None:
+        """ViTs: the patch tokens entering the last block (its first norm's output)."""
+        blocks = getattr(self.model, "blocks", None)
+        embed = getattr(self.model, "patch_embed", None)
+        if blocks is None or embed is None:
+            return None
+        grid = tuple(int(v) for v in embed.grid_size)
+        return CamLayer(blocks[-1].norm1, int(self.model.num_prefix_tokens), grid)
+
     def forward_head(
         self, features: torch.Tensor, return_attention: bool = False
     ) -> dict[str, torch.Tensor]:
@@ -311,6 +320,10 @@ class CSRAClassifier(_NormalizationFromKwargs, Classifier):
             lam=cfg.csra_lam,
             drop_path_rate=cfg.drop_path_rate,
         )
+
+    @property
+    def has_attention_maps(self) -> bool:
+        return True
 
     def display_name(self) -> str:
         return f"{self.init_kwargs['backbone']} + CSRA"
@@ -556,6 +569,16 @@ class CLIPClassifier(_NormalizationFromKwargs, Classifier):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)  # the tower pools itself: the image embedding B×D
+
+    def cam_layer(self) -> CamLayer:
+        """ViT towers: the tokens entering the last residual block; ResNet towers: the last
+        stage's feature map (before the attention pool)."""
+        transformer = getattr(self.visual, "transformer", None)
+        if transformer is None:
+            return CamLayer(self.visual.layer4)
+        grid = tuple(int(v) for v in self.visual.grid_size)
+        batch_first = bool(getattr(transformer, "batch_first", True))
+        return CamLayer(transformer.resblocks[-1].ln_1, 1, grid, batch_first)
 
     def forward_head(
         self, features: torch.Tensor, return_attention: bool = False

@@ -78,6 +78,10 @@ class TRCGLNet(Classifier):
             drop_path_rate=cfg.drop_path_rate,
         )
 
+    @property
+    def has_attention_maps(self) -> bool:
+        return self.spatial is not None
+
     def display_name(self) -> str:
         kw = self.init_kwargs
         off = [k for k in ("channel_attention", "spatial_attention", "label_gcn") if not kw[k]]

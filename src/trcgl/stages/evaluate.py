@@ -1,8 +1,10 @@
 """``trcgl evaluate``: metrics of a model folder on a run split, in the paper's table layouts.
 
 Writes ``<run>/evaluation/<split>/``: ``metrics.json`` (everything), ``per_class.csv``,
-``predictions.csv`` (CXR-LT layout plus the true labels) and ``tables.md`` (Table 1 and
-Table 2 layouts, :mod:`trcgl.evaluation.tables`).
+``predictions.csv`` (CXR-LT layout plus the true labels), ``tables.md`` (Table 1 and
+Table 2 layouts, :mod:`trcgl.evaluation.tables`) and, where the run has radiologist boxes
+(``boxes.parquet``) on the split, ``localisation.csv``: the pointing game and the maps' mass
+inside the boxes per class (:mod:`trcgl.evaluation.localisation`).
 
 Per-class thresholds are tuned on the validation split (Eq. 26–35 metrics, F1 at the tuned
 thresholds); evaluated on the validation split itself, that F1 is optimistic and says so.
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trcgl.data.boxes import load_boxes
 from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
 from trcgl.evaluation.bootstrap import bootstrap, intervals
@@ -28,11 +31,12 @@ from trcgl.evaluation.calibration import (
     fit_temperature,
 )
 from trcgl.evaluation.inference import predict_dataset
+from trcgl.evaluation.localisation import localisation_scores, localise, map_method
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
 from trcgl.evaluation.tables import interval_rows, markdown, table1_row, table2_row
 from trcgl.files import atomic_write_text
 from trcgl.models.base import load_model, save_decisions
-from trcgl.run_dir import MANIFEST, PER_CLASS, RunDir
+from trcgl.run_dir import BOXES, LOCALISATION, MANIFEST, PER_CLASS, RunDir
 
 #: Patient-level bootstrap resamples of ``trcgl evaluate`` and the intervals' level.
 BOOTSTRAP_RESAMPLES = 1000
@@ -49,6 +53,7 @@ class Evaluation:
     out_dir: Path
     intervals: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    localisation: dict[str, Any] | None = None
 
 
 def evaluate_run(
@@ -86,9 +91,11 @@ def evaluate_run(
         mean, std = model.normalization
     size = pre.get("image_size", data.image_size)
 
+    def inputs(which: str):
+        return data.dataset(which, train=False, mean=tuple(mean), std=tuple(std), size=size)
+
     def probabilities(which: str) -> tuple[np.ndarray, np.ndarray]:
-        ds = data.dataset(which, train=False, mean=tuple(mean), std=tuple(std), size=size)
-        return predict_dataset(model, ds, batch_size, num_workers, device)
+        return predict_dataset(model, inputs(which), batch_size, num_workers, device)
 
     probs, labels = probabilities(split)
     val_probs, val_labels = (probs, labels) if split == "val" else probabilities("val")
@@ -126,6 +133,18 @@ def evaluate_run(
             seed=seed,
         )
         ci = intervals(sample, LEVEL)
+    located = None
+    if (run / BOXES).is_file():
+        pairs = localise(
+            model,
+            inputs(split),
+            rows["image_id"].astype(str).tolist(),
+            load_boxes(run / BOXES),
+            batch_size=batch_size,
+            device=device,
+        )
+        if len(pairs):
+            located = (map_method(model), *localisation_scores(pairs, model.classes))
     name = model.display_name()
     record_dir = RunDir(out_dir if out_dir is not None else model_dir.parent)
     out = record_dir.evaluation(split)
@@ -159,6 +178,15 @@ def evaluate_run(
             "level": LEVEL,
             "patients": int(rows["patient_id"].nunique()),
         }
+    if located is not None:
+        method, table, overall = located
+        payload["localisation"] = {
+            "method": method,
+            "boxes": "boxes.parquet",
+            "overall": overall,
+            "per_class": table.to_dict("records"),
+        }
+        atomic_write_text(out / LOCALISATION, table.to_csv(index=False))
     atomic_write_text(out / PER_CLASS, report.per_class.to_csv(index=False))
     ids = rows["image_id"].tolist()
     preds = pd.DataFrame(probs, columns=list(model.classes))
@@ -193,10 +221,49 @@ def evaluate_run(
             + markdown(interval_rows(report.summary, ci))
             + "\n"
         )
+    if located is not None:
+        tables += "\n" + localisation_section(located[0], located[1], located[2])
     atomic_write_text(out / "tables.md", tables)
     # Last: the stage record, naming the training record (train.json) the model came from.
     record_dir.write_record(f"evaluate {split}", payload, started, inputs=("train",))
-    return Evaluation(report, name, split, out, ci, payload["calibration"])
+    return Evaluation(
+        report, name, split, out, ci, payload["calibration"], payload.get("localisation")
+    )
+
+
+METHOD_NAMES = {
+    "attention": "the model's class attention maps (a_c, Eq. 12)",
+    "gradcam": "Grad-CAM of each class logit",
+}
+
+
+def localisation_section(method: str, table: pd.DataFrame, overall: dict[str, Any]) -> str:
+    """The ``tables.md`` section of the localisation scores."""
+    rows = [
+        {
+            "class": r["class"],
+            "images": r["images"],
+            "pointing": r["pointing"],
+            "mass inside": r["mass_inside"],
+            "chance": r["chance"],
+        }
+        for r in table.to_dict("records")
+    ]
+    rows.append(
+        {
+            "class": "macro",
+            "images": overall["pairs"],
+            "pointing": overall["macro_pointing"],
+            "mass inside": overall["macro_mass_inside"],
+            "chance": overall["macro_chance"],
+        }
+    )
+    return (
+        "## Localisation (radiologist boxes)\n\n"
+        f"Maps: {METHOD_NAMES[method]}. Pointing: the share of images whose map's maximum lies "
+        "in a box of the class; mass inside: the map's share inside the boxes; chance: the "
+        "boxes' share of the image (both scores for a uniform map).\n\n" + markdown(rows) + "\n"
+    )
 
 
 def explain_context(run_dir: Path, classes: tuple[str, ...]):

@@ -43,6 +43,8 @@ class PipelineResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: The metrics' patient-level bootstrap intervals (``metrics.json``'s ``intervals``).
     intervals: dict[str, Any] = field(default_factory=dict)
+    #: The class maps' scores against radiologist boxes (``metrics.json``'s ``localisation``).
+    localisation: dict[str, Any] | None = None
     synthetic: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None
 
@@ -148,5 +150,6 @@ def run_pipeline(
     assert evaluated is not None  # written by evaluate_run above, or complete
     result.metrics = evaluated["summary"]
     result.intervals = evaluated.get("intervals") or {}
+    result.localisation = evaluated.get("localisation")
     result.report = step("report", False, lambda: write_report(run_dir, result.split))
     return result

@@ -8,6 +8,8 @@ means the stage is complete):
 * ``label_stats.csv`` / ``label_stats.json``: per-class image and patient counts per split,
   frequency groups and their thresholds, rows dropped and why, raw findings left unmapped;
 * ``label_graph.safetensors``: the graph of Eq. 15–20 from the training split;
+* ``boxes.parquet``: the radiologist boxes of the manifest's images, where the format has a box
+  file (NIH's ``BBox_List_2017``) and ``data.boxes`` is on;
 * ``figures/label_statistics.png``: Fig. 2;
 * ``cache/<size>/``: the images resized once (when an image root is given);
 * ``skipped_images.csv``: images skipped as missing or corrupt (only with ``skip_corrupt``).
@@ -30,6 +32,7 @@ import pandas as pd
 
 from trcgl import __version__
 from trcgl.config import Config, resolve_path
+from trcgl.data.boxes import save_boxes
 from trcgl.data.cache import build_image_cache
 from trcgl.data.manifest import SPLITS, Manifest
 from trcgl.data.readers import (
@@ -46,7 +49,7 @@ from trcgl.files import atomic_write_text
 from trcgl.labels.graph import LabelGraph
 from trcgl.labels.groups import FrequencyGroups, frequency_groups
 from trcgl.registry import DATA_FORMATS
-from trcgl.run_dir import LABEL_STATS, STAGE_RECORDS, RunDir
+from trcgl.run_dir import BOXES, LABEL_STATS, STAGE_RECORDS, RunDir
 
 STAGE_FILE = STAGE_RECORDS["prepare"]
 
@@ -80,6 +83,26 @@ def label_csv_path(config: Config) -> Path:
             )
         )
     return found
+
+
+def read_boxes(config: Config, manifest: Manifest) -> pd.DataFrame | None:
+    """The boxes of ``manifest``'s images (:mod:`trcgl.data.boxes`), or ``None`` where the
+    format has no box file or ``data.boxes`` is off."""
+    data = config.data
+    fmt = DATA_FORMATS.get(data.format)
+    if not data.boxes or fmt.read_boxes is None:
+        if data.boxes_csv is not None and data.boxes:
+            raise ConfigError(f"data.boxes_csv is set, but format {data.format!r} reads no boxes")
+        return None
+    if data.boxes_csv is not None:
+        path = resolve_path(data.boxes_csv)
+    else:
+        path = installed_label_csv(fmt.installed_boxes) if fmt.installed_boxes else None
+        if path is None:
+            return None
+    boxes = fmt.read_boxes(path, manifest.classes)
+    keep = boxes["image_id"].isin(set(manifest.frame["image_id"].astype(str)))
+    return boxes[keep].reset_index(drop=True)
 
 
 def class_names(config: Config) -> tuple[str, ...]:
@@ -257,12 +280,21 @@ def prepare(
     prepared.info["image_root"] = None if image_root is None else str(image_root.absolute())
     prepared.info["cache"] = cache
     prepared.info["skipped_images"] = len(skipped)
-    _write(run_dir, config, prepared, skipped, started)
+    boxes = read_boxes(config, prepared.manifest)
+    prepared.info["boxes"] = (
+        None if boxes is None else {"boxes": len(boxes), "images": int(boxes["image_id"].nunique())}
+    )
+    _write(run_dir, config, prepared, skipped, started, boxes)
     return prepared
 
 
 def _write(
-    run_dir: Path, config: Config, p: Prepared, skipped: list[tuple[str, str]], started: float
+    run_dir: Path,
+    config: Config,
+    p: Prepared,
+    skipped: list[tuple[str, str]],
+    started: float,
+    boxes: pd.DataFrame | None = None,
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STAGE_FILE).unlink(missing_ok=True)
@@ -285,6 +317,10 @@ def _write(
         run_dir / "figures" / "label_statistics.png",
         title=f"{config.name}: training split",
     )
+    (run_dir / BOXES).unlink(missing_ok=True)
+    if boxes is not None:
+        save_boxes(boxes, run_dir / BOXES)
+        outputs.append(BOXES)
     if skipped:
         table = pd.DataFrame(skipped, columns=["image", "reason"])
         atomic_write_text(run_dir / "skipped_images.csv", table.to_csv(index=False))

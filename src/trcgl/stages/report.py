@@ -24,7 +24,8 @@ e.g. in a labels-only run or a run without synthetic images):
 6. **Metrics**: mAP, mAUC, macro-F1 at 0.5 and at the tuned thresholds, overall and per
    frequency group, with their patient-bootstrap intervals; calibration: macro ECE before and
    after temperature scaling and a reliability diagram (``evaluation/<split>/metrics.json``,
-   ``predictions.csv``).
+   ``predictions.csv``); localisation: the class maps' pointing game and mass inside the
+   radiologist boxes per class, where the run has boxes.
 7. **Per-class metrics**: ``evaluation/<split>/per_class.csv`` (AP, AUC, F1, threshold).
 8. **Precision–recall curves**: from ``predictions.csv`` (scores and true labels), one panel
    per frequency group, one curve per class, its AP in the legend.
@@ -579,6 +580,7 @@ def _metrics(run: _Run) -> str:
                 )
             )
     parts.append(_calibration(run, metrics.get("calibration")))
+    parts.append(_localisation(metrics.get("localisation")))
     if metrics.get("optimistic_tuned_f1") or run.split == "val":
         parts.append(
             _note("F1 (tuned thr.) is optimistic here: the thresholds were tuned on this split.")
@@ -649,6 +651,36 @@ def _calibration(run: _Run, cal: Mapping[str, Any] | None) -> str:
         figure = reliability_figure(curves, cal.get("temperature"))
         parts.append(_img(figure_png(figure), "reliability diagram", caption))
     return "".join(parts)
+
+
+def _localisation(loc: Mapping[str, Any] | None) -> str:
+    """Pointing game and mass inside the radiologist boxes, per class (``metrics.json``'s
+    ``localisation``; absent where the run has no boxes on the split)."""
+    if not loc:
+        return ""
+    from trcgl.stages.evaluate import METHOD_NAMES
+
+    o = loc["overall"]
+    rows = [
+        [r["class"], r["images"], r["pointing"], r["mass_inside"], r["chance"]]
+        for r in loc["per_class"]
+    ]
+    rows.append(
+        ["macro", o["pairs"], o["macro_pointing"], o["macro_mass_inside"], o["macro_chance"]]
+    )
+    return (
+        "<h3>Localisation</h3>"
+        f"<p>Class maps ({_esc(METHOD_NAMES.get(loc['method'], loc['method']))}) against the "
+        "radiologist boxes of this split's images, per class: pointing game (the map's maximum "
+        "in a box of the class), the map's mass inside the boxes, and chance (the boxes' share "
+        "of the image: what a uniform map scores).</p>"
+        + _table(
+            ["class", "images", "pointing", "mass inside", "chance"],
+            rows,
+            table_id="localisation",
+            row_groups=[r[0] for r in rows],
+        )
+    )
 
 
 def _per_class(run: _Run) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from trcgl.config import DataConfig
     from trcgl.data.readers.csv_checks import ReadResult
 
@@ -35,3 +37,8 @@ class DataFormat:
     #: Prompt style of the diffusion prompts (:data:`trcgl.diffusion.prompts.DATASETS`):
     #: ``padchest`` relates report localisations to labels; the others use labels and view.
     prompt_style: str = "plain"
+    #: ``read_boxes(box_csv, classes) → box table`` (:mod:`trcgl.data.boxes`) where the data
+    #: set has radiologist boxes; ``None``: it has none.
+    read_boxes: Callable[[Path, tuple[str, ...]], pd.DataFrame] | None = None
+    #: File name in ``torchxrayvision/data/`` read when ``data.boxes_csv`` is not set.
+    installed_boxes: str | None = None
