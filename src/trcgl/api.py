@@ -29,7 +29,8 @@ import torch
 from trcgl.data.images import read_image
 from trcgl.errors import DataError
 from trcgl.evaluation.inference import binary_columns, model_transform, probabilities
-from trcgl.models.base import DECISIONS_FILE, Classifier, load_model
+from trcgl.evaluation.inference import calibrated as calibrate
+from trcgl.models.base import DECISIONS_FILE, EVALUATION_FILE, Classifier, load_model
 
 __all__ = ["Predictor", "load", "model_card"]
 
@@ -39,6 +40,7 @@ HUB_FILES = [
     "model.safetensors",
     "label_graph.safetensors",
     DECISIONS_FILE,
+    EVALUATION_FILE,
     "README.md",
 ]
 
@@ -86,13 +88,15 @@ class Predictor:
         images: Any,
         *,
         binary: bool = False,
+        calibrated: bool = False,
         tta: str | None = None,
         batch_size: int = 32,
     ) -> pd.DataFrame:
         """Probabilities for ``images`` (one path, PIL image or array, or a sequence of them):
         a column ``image`` (the path, or ``image <i>``) and one per class; with ``binary``, the
-        0/1 columns ``pred:<class>`` at the tuned thresholds; ``tta="hflip"`` averages each
-        image with its mirror."""
+        0/1 columns ``pred:<class>`` at the tuned thresholds; with ``calibrated``, the
+        probabilities temperature-scaled by the folder's T (decisions unchanged);
+        ``tta="hflip"`` averages each image with its mirror."""
         single = isinstance(images, str | Path | np.ndarray | torch.Tensor) or hasattr(
             images, "mode"
         )
@@ -108,7 +112,8 @@ class Predictor:
             batch = torch.stack([self.transform(_as_array(item)) for item in chunk])
             probs.append(probabilities(self.model, batch.to(self.device), tta).cpu().numpy())
         p = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)))
-        frame = pd.DataFrame(p.astype(np.float64), columns=list(self.classes))
+        shown = calibrate(p, self.model) if calibrated else p
+        frame = pd.DataFrame(shown.astype(np.float64), columns=list(self.classes))
         frame.insert(0, "image", [_name(item, i) for i, item in enumerate(items)])
         if binary:
             assert self.thresholds is not None
@@ -179,7 +184,66 @@ on the validation split of `{tuned.get("run", "?")}` ({tuned.get("images", "?")}
 | class | frequency group | threshold |
 |---|---|---:|
 {rows}
-"""
+{_card_metrics(model.evaluation or {})}{_card_provenance(model.provenance)}"""
+
+
+def _card_metrics(evaluation: dict[str, Any]) -> str:
+    """The card's metrics: each evaluated split (test first), overall and per frequency group,
+    with the bootstrap intervals where they were computed."""
+    from trcgl.evaluation.bootstrap import format_interval
+
+    if not evaluation:
+        return "\nNo metrics yet: `trcgl evaluate` records them in `evaluation.json`.\n"
+    parts = []
+    for split in sorted(evaluation, key=lambda s: (s != "test", s)):
+        e = evaluation[split]
+        ci = e.get("intervals") or {}
+        lines = []
+        for subset, m in e["summary"].items():
+            if not m.get("n_classes"):
+                continue
+            cells = []
+            for key in ("mAP", "mAUC", "macro_F1"):
+                low, high = (ci.get(subset) or {}).get(key, (None, None))
+                interval = format_interval(low, high, 3) if low is not None else ""
+                cells.append(f"{m[key]:.4f} {interval}".strip())
+            lines.append(f"| {subset} | {m['n_classes']} | " + " | ".join(cells) + " |")
+        boot = e.get("bootstrap") or {}
+        note = (
+            f" 95 % intervals: patient-level bootstrap, {boot['resamples']:,} resamples."
+            if boot
+            else ""
+        )
+        loc = e.get("localisation")
+        if loc and loc.get("classes"):
+            note += (
+                f" Class maps against radiologist boxes ({loc['pairs']} image-class pairs): "
+                f"pointing {loc['macro_pointing']:.3f}, mass inside {loc['macro_mass_inside']:.3f}"
+                f" (chance {loc['macro_chance']:.3f})."
+            )
+        parts.append(
+            f"\n## Metrics on the {split} split of `{e.get('run', '?')}`\n\n"
+            f"{e.get('images', '?')} images of {e.get('patients', '?')} patients; F1 at 0.5."
+            f"{note}\n\n| subset | classes | mAP | mAUC | F1 |\n|---|---:|---:|---:|---:|\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+    return "".join(parts)
+
+
+def _card_provenance(provenance: dict[str, Any] | None) -> str:
+    if not provenance:
+        return ""
+    images = provenance.get("images") or {}
+    return (
+        "\n## Training\n\n"
+        f"{images.get('train_real', '?')} real and {images.get('train_synthetic', 0)} synthetic "
+        f"training images, {images.get('val', '?')} validation images "
+        f"({images.get('patients', '?')} patients). Training data digest "
+        f"`{provenance.get('data_digest', '?')[:16]}`, configuration digest "
+        f"`{provenance.get('config_digest', '?')[:16]}` (the configuration is in `config.json`, "
+        "`provenance`).\n"
+    )
 
 
 def _from_hub(repo_id: str) -> Path:

@@ -324,6 +324,14 @@ def predict(
         ),
     ] = False,
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none or hflip.")] = "none",
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrated",
+            help="Temperature-scaled probabilities (the T the model folder keeps, fitted on "
+            "validation by trcgl evaluate); rankings and --binary decisions do not change.",
+        ),
+    ] = False,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1, … (default: cuda when available).")
     ] = None,
@@ -334,7 +342,12 @@ def predict(
     import torch
 
     from trcgl.errors import DataError
-    from trcgl.evaluation.inference import binary_columns, list_images, predict_files
+    from trcgl.evaluation.inference import (
+        binary_columns,
+        calibrated,
+        list_images,
+        predict_files,
+    )
     from trcgl.files import atomic_write_text
     from trcgl.models.base import DECISIONS_FILE, load_model
 
@@ -358,6 +371,8 @@ def predict(
             tta=None if tta == "none" else tta,
         )
         frame = preds.to_frame()
+        if calibrate:
+            frame[list(m.classes)] = calibrated(preds.probabilities, m)
         if binary:
             decided = binary_columns(preds.probabilities, m.classes, m.decisions["thresholds"])
             frame = pd.concat([frame, decided], axis=1)

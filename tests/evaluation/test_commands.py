@@ -339,15 +339,85 @@ def test_load_a_hub_id_from_the_local_cache_and_push_a_model_card(
             "README.md",
             "config.json",
             "decisions.json",
+            "evaluation.json",
             "label_graph.safetensors",
             "model.safetensors",
         ],
     )
     card = (tmp_path / "uploaded" / "README.md").read_text()
     assert "library_name: trcgl" in card and all(f"| {c} |" in card for c in local.classes)
+    # the card carries what evaluate measured, with its intervals, and the training digests
+    metrics = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+    overall, ci = metrics["summary"]["overall"], metrics["intervals"]["overall"]["mAP"]
+    assert "## Metrics on the val split" in card
+    assert f"| overall | {overall['n_classes']} | {overall['mAP']:.4f} [{ci[0]:.3f}, " in card
+    provenance = json.loads((run / "model" / "config.json").read_text())["provenance"]
+    assert provenance["data_digest"][:16] in card and provenance["config_digest"][:16] in card
     _hub_entry(tmp_path / "hub", "org/trcgl-demo", tmp_path / "uploaded")
     hub = trcgl.load("org/trcgl-demo", device="cpu")
     images = sorted((nih_sample / "images").iterdir())[:3]
     pd.testing.assert_frame_equal(
         hub.predict(images, binary=True), local.predict(images, binary=True)
     )
+
+
+def test_predict_calibrated_applies_the_folders_temperature(evaluated, nih_sample, tmp_path):
+    """--calibrated: σ(logit p / T) with the T of decisions.json; the 0/1 decisions stay."""
+    import trcgl
+
+    run, _ = evaluated
+    temperature = json.loads((run / "model" / "decisions.json").read_text())["temperature"]
+    out, cal = tmp_path / "raw.csv", tmp_path / "cal.csv"
+    images = str(nih_sample / "images" / "00000001_000.png")
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(images, folder)
+    base = ["predict", "--model", str(run / "model"), str(folder), "--binary"]
+    assert invoke(*base, "--out", str(out)).exit_code == 0
+    assert invoke(*base, "--out", str(cal), "--calibrated").exit_code == 0
+    raw, scaled = pd.read_csv(out), pd.read_csv(cal)
+    classes = [c for c in raw.columns if c != "ImageID" and not c.startswith("pred:")]
+    p = raw[classes].to_numpy()
+    logit = np.log(p) - np.log1p(-p)
+    np.testing.assert_allclose(scaled[classes], 1 / (1 + np.exp(-logit / temperature)), rtol=1e-6)
+    pred = [f"pred:{c}" for c in classes]
+    assert (scaled[pred].to_numpy() == raw[pred].to_numpy()).all()
+    model = trcgl.load(run / "model", device="cpu")
+    api = model.predict([folder / "00000001_000.png"], calibrated=True)
+    np.testing.assert_allclose(api[classes], scaled[classes], rtol=1e-5)
+
+
+def test_the_model_folder_says_what_it_was_trained_from(evaluated, trained_run):
+    """config.json's provenance: the training config and its digest, the training data's
+    digest (independent of where the images are; changed by one label), image counts."""
+    import hashlib
+
+    import yaml
+
+    from trcgl.config import load_config
+    from trcgl.data.manifest import Manifest
+
+    run, _ = evaluated
+    provenance = json.loads((run / "model" / "config.json").read_text())["provenance"]
+    _, overrides = trained_run
+    cfg = load_config("nih-demo", [*overrides, "diffusion.enabled=false"])
+    assert provenance["config"] == json.loads(json.dumps(cfg.to_dict()))
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    assert provenance["config_digest"] == hashlib.sha256(text.encode()).hexdigest()
+    manifest = Manifest.load(run / "manifest.parquet")
+    used = manifest.subset(split="train").extended(manifest.subset(split="val").frame)
+    assert provenance["data_digest"] == used.digest()
+    frame = used.frame.copy()
+    frame["image"] = "/elsewhere/" + frame["image"]
+    assert Manifest(frame, manifest.classes).digest() == used.digest()
+    c = manifest.classes[0]
+    frame.loc[0, c] = 1 - frame.loc[0, c]
+    assert Manifest(frame, manifest.classes).digest() != used.digest()
+    images = provenance["images"]
+    assert images["val"] == (manifest.frame["split"] == "val").sum()
+    assert images["train_real"] == (manifest.frame["split"] == "train").sum()
+    assert images["train_synthetic"] == 0
+    evaluation = json.loads((run / "model" / "evaluation.json").read_text())
+    metrics = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+    assert evaluation["val"]["summary"] == metrics["summary"]
+    assert evaluation["val"]["optimistic_tuned_f1"] is True

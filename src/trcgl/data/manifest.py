@@ -11,6 +11,7 @@ manifest is self-describing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -85,6 +86,14 @@ class Manifest:
     def labels(self) -> np.ndarray:
         """The N×C 0/1 label matrix (uint8) in class order."""
         return self.frame[list(self.classes)].to_numpy(dtype=np.uint8)
+
+    def digest(self) -> str:
+        """SHA-256 of what a model learns from: every row's ``image_id``, ``patient_id``,
+        ``split``, ``source``, ``weight`` and labels, in row order, with the class names; the
+        image root and file paths are left out, so a moved data set keeps its digest."""
+        columns = ["image_id", "patient_id", "split", "source", "weight", *self.classes]
+        text = self.frame[columns].to_csv(index=False, float_format="%.9g", lineterminator="\n")
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def subset(self, split: str | None = None, source: str | None = None) -> Manifest:
         """Rows of one split and/or one source."""

@@ -149,6 +149,22 @@ def binary_columns(
     )
 
 
+def calibrated(probs: np.ndarray, model: Classifier) -> np.ndarray:
+    """σ(logit p / T) with the temperature T the model folder keeps (``decisions.json``,
+    fitted on validation by ``trcgl evaluate``). The map is monotone, so rankings (AP, AUC)
+    and the 0/1 decisions at the tuned thresholds (made on the raw probabilities they were
+    tuned on) do not change."""
+    from trcgl.evaluation.calibration import apply_temperature
+
+    temperature = (model.decisions or {}).get("temperature")
+    if temperature is None:
+        raise DataError(
+            "the model folder has no calibration temperature (decisions.json): run `trcgl "
+            "evaluate --run-dir RUN` on its run once, or predict uncalibrated"
+        )
+    return apply_temperature(probs, float(temperature))
+
+
 @torch.no_grad()
 def predict_files(
     model: Classifier,

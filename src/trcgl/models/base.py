@@ -40,6 +40,8 @@ WEIGHTS_FILE = "model.safetensors"
 #: What the model folder decided after training: per-class thresholds tuned on validation
 #: (and on what), the frequency groups (:func:`save_decisions`).
 DECISIONS_FILE = "decisions.json"
+#: The model's measured metrics per evaluated split (:func:`save_evaluation`), for its card.
+EVALUATION_FILE = "evaluation.json"
 
 
 def register(name: str) -> Callable[[type[Classifier]], type[Classifier]]:
@@ -133,6 +135,12 @@ class Classifier(nn.Module):
     preprocessing: dict[str, Any] | None = None
     #: ``decisions.json`` of the model folder it was loaded from (tuned thresholds), if any.
     decisions: dict[str, Any] | None = None
+    #: ``evaluation.json`` of its model folder: the metrics measured on each split, if any.
+    evaluation: dict[str, Any] | None = None
+    #: What the model was trained from, saved in config.json: the training configuration, its
+    #: digest, the training data's digest (:meth:`~trcgl.data.manifest.Manifest.digest`) and
+    #: image counts; ``None`` for a model built in code.
+    provenance: dict[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -236,6 +244,7 @@ class Classifier(nn.Module):
             "trcgl_version": __version__,
             "kwargs": self.init_kwargs,
             "preprocessing": self.preprocessing,
+            "provenance": self.provenance,
         }
         atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
@@ -309,8 +318,11 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Classi
     model = cls(**kwargs)
     load_state(model, folder / WEIGHTS_FILE)
     model.preprocessing = config.get("preprocessing")
+    model.provenance = config.get("provenance")
     decisions = folder / DECISIONS_FILE
     model.decisions = json.loads(decisions.read_text()) if decisions.is_file() else None
+    evaluation = folder / EVALUATION_FILE
+    model.evaluation = json.loads(evaluation.read_text()) if evaluation.is_file() else None
     return model.to(device).eval()
 
 
@@ -336,4 +348,15 @@ def save_decisions(
         "temperature": None if temperature is None else float(temperature),
     }
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def save_evaluation(folder: str | Path, split: str, measured: Mapping[str, Any]) -> Path:
+    """Record the metrics measured on ``split`` in the model folder's ``evaluation.json``
+    (atomically; the other splits' entries are kept), so that the folder, and its hub card,
+    carry what the model scored and on what."""
+    path = Path(folder) / EVALUATION_FILE
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known[split] = dict(measured)
+    atomic_write_text(path, json.dumps(known, indent=2) + "\n")
     return path

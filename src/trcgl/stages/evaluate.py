@@ -35,7 +35,7 @@ from trcgl.evaluation.localisation import localisation_scores, localise, map_met
 from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
 from trcgl.evaluation.tables import interval_rows, markdown, table1_row, table2_row
 from trcgl.files import atomic_write_text
-from trcgl.models.base import load_model, save_decisions
+from trcgl.models.base import load_model, save_decisions, save_evaluation
 from trcgl.run_dir import BOXES, LOCALISATION, MANIFEST, PER_CLASS, RunDir
 
 #: Patient-level bootstrap resamples of ``trcgl evaluate`` and the intervals' level.
@@ -187,6 +187,21 @@ def evaluate_run(
             "per_class": table.to_dict("records"),
         }
         atomic_write_text(out / LOCALISATION, table.to_csv(index=False))
+    # The model folder keeps its scores beside its decisions (its hub card lists them).
+    save_evaluation(
+        model_dir,
+        split,
+        {
+            "run": run.root.name,
+            "images": len(rows),
+            "patients": int(rows["patient_id"].nunique()),
+            "summary": payload["summary"],
+            "intervals": payload.get("intervals"),
+            "bootstrap": payload.get("bootstrap"),
+            "localisation": (payload.get("localisation") or {}).get("overall"),
+            "optimistic_tuned_f1": split == "val",
+        },
+    )
     atomic_write_text(out / PER_CLASS, report.per_class.to_csv(index=False))
     ids = rows["image_id"].tolist()
     preds = pd.DataFrame(probs, columns=list(model.classes))

@@ -21,6 +21,7 @@ its shard of every epoch's sample list, gradients are all-reduced by DDP.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -124,6 +125,25 @@ class Trainer:
             "image_size": self.data.image_size,
             "mean": list(mean),
             "std": list(std),
+        }
+        frame = self.data.manifest.frame
+        used = self.data.manifest.subset(split="train").extended(
+            self.data.manifest.subset(split="val").frame
+        )
+        self.model.provenance = {
+            "config": config.to_dict(),
+            "config_digest": hashlib.sha256(config.to_yaml().encode()).hexdigest(),
+            "data_digest": used.digest(),
+            "images": {
+                "train_real": int(
+                    ((frame["split"] == "train") & (frame["source"] == "real")).sum()
+                ),
+                "train_synthetic": int(
+                    ((frame["split"] == "train") & (frame["source"] != "real")).sum()
+                ),
+                "val": int((frame["split"] == "val").sum()),
+                "patients": int(used.frame["patient_id"].nunique()),
+            },
         }
         self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
         self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
