@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trcgl.config import load_config, preset_names
-from trcgl.errors import TrcglError
+from trcgl.errors import ConfigError, TrcglError
 from trcgl.run_dir import RunDir
 
 app = typer.Typer(
@@ -538,6 +538,13 @@ def experiment(
     only: Annotated[
         str | None, typer.Option(help="Comma-separated variant names to run (default: all).")
     ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated train.seed values: each variant is trained once per seed and "
+            "the table gives mean ± sd over them (e.g. 0,1,2)."
+        ),
+    ] = None,
 ) -> None:
     """Reproduce one of the paper's tables: train and evaluate each variant on the run's data
     (finished variants are reused), print the table, write experiments/TABLE.csv and .md."""
@@ -546,12 +553,14 @@ def experiment(
     try:
         cfg = load_config(config, overrides or [])
         names = [n.strip() for n in only.split(",")] if only else None
+        seed_list = _seeds(seeds) if seeds else None
         result = run_experiment(
             cfg,
             _run_dir(cfg, run_dir),
             table,
             extra=set_ or [],
             only=names,
+            seeds=seed_list,
             log=lambda line: console.print(escape(line)),
         )
     except TrcglError as exc:
@@ -564,6 +573,16 @@ def experiment(
         out.add_row(*(cell(v) for v in row))
     console.print(out)
     console.print(f"written to [bold]{result.csv}[/] and [bold]{result.markdown}[/]")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
 
 
 @app.command("list")

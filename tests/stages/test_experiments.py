@@ -121,3 +121,37 @@ def test_paper_numbers_stand_beside_ours_on_padchest():
     assert frame.loc[0, "mAP (paper)"] == PAPER["TRCGL-Net"]["mAP"] == 0.4408
     assert math.isnan(frame.loc[1, "mAP (paper)"])  # no ResNet-50 number in docs/method.md
     assert "F1 (tuned thr.) (paper)" not in frame  # the paper has none: column dropped
+
+
+def test_seeds_give_mean_and_sd_over_training_seeds(table5, tmp_path):
+    """--seeds 0,1: each variant trained once per train.seed (seed 0's are Table 5's own,
+    reused); the table gives the mean and the sample sd of the seeds' metrics."""
+    import numpy as np
+
+    run, args, _ = table5
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    only = "α = 0.025,α = 0.05"
+    result = invoke(
+        "experiment", "table5", "-c", "nih-demo", "--run-dir", str(copy), *args,
+        "--only", only, "--seeds", "0,1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("(seed 1): training in") == 2
+    assert "(seed 0): training in" not in result.output
+    frame = pd.read_csv(copy / "experiments" / "table5.csv")
+    cfg = load_config("nih-demo", args)
+    for variant, (_, row) in zip(variants_for("table5")[:2], frame.iterrows(), strict=True):
+        vcfg, synthetic = variant_config(cfg, variant, [])
+        values = []
+        for seed in (0, 1):
+            folder = variant_dir(copy, variant, vcfg.updated([], [f"train.seed={seed}"]), synthetic)
+            record = json.loads((folder / "evaluation" / "val" / "metrics.json").read_text())
+            values.append(record["summary"]["overall"]["mAP"])
+        assert row["mAP"] == pytest.approx(np.mean(values))
+        assert row["mAP sd"] == pytest.approx(np.std(values, ddof=1))
+    markdown = (copy / "experiments" / "table5.md").read_text()
+    assert f"{frame['mAP'].iloc[0]:.4f} ± {frame['mAP sd'].iloc[0]:.4f}" in markdown
+    assert "2 training seeds (0, 1)" in markdown
+    bad = invoke("experiment", "table5", "-c", "nih-demo", "--run-dir", str(copy), "--seeds", "0,x")
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.output

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from trcgl.config import Config
@@ -218,6 +219,27 @@ def table_frame(
     return frame
 
 
+def _over_seeds(per_seed: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (n − 1; NaN for one seed) of each metric."""
+    keys = list(per_seed[0])
+    mean, sd = {}, {}
+    for key in keys:
+        values = np.array([m.get(key, math.nan) for m in per_seed], dtype=float)
+        mean[key] = float(values.mean())
+        sd[key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    return mean, sd
+
+
+def _add_spread(frame: pd.DataFrame, table: str, spreads: list[dict[str, float]]) -> None:
+    """A ``<metric> sd`` column after each of the table's metric columns."""
+    for col in reversed(LAYOUT[table]):
+        frame.insert(
+            frame.columns.get_loc(col) + 1,
+            f"{col} sd",
+            [s.get(col, math.nan) for s in spreads],
+        )
+
+
 def cell(value: Any) -> str:
     """A table cell: numbers with 4 decimals, a missing one as "–"."""
     if isinstance(value, float):
@@ -226,9 +248,17 @@ def cell(value: Any) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |"]
-    lines.append("|" + "|".join("---" for _ in frame.columns) + "|")
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    """The table in Markdown; a ``<metric> sd`` column joins its metric as "mean ± sd"."""
+    shown = frame.copy()
+    for col in [c for c in frame.columns if f"{c} sd" in frame.columns]:
+        shown[col] = [
+            cell(m) if isinstance(d, float) and math.isnan(d) else f"{cell(m)} ± {cell(d)}"
+            for m, d in zip(frame[col], frame[f"{col} sd"], strict=True)
+        ]
+        shown = shown.drop(columns=f"{col} sd")
+    lines = ["| " + " | ".join(shown.columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in shown.columns) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(False)]
     return "\n".join(lines) + "\n"
 
 
@@ -307,13 +337,16 @@ def run_experiment(
     *,
     extra: list[str] = (),
     only: list[str] | None = None,
+    seeds: list[int] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ExperimentResult:
     """Train and evaluate what ``table`` needs (skipping finished variants); write the table.
 
     ``extra``: overrides applied to every variant after its preset (e.g. a smaller
-    ``train.epochs``); ``only``: a subset of the variants, by name.
+    ``train.epochs``); ``only``: a subset of the variants, by name; ``seeds``: train every
+    variant once per ``train.seed`` and report the mean and sample sd over them beside the
+    bootstrap interval of the first seed's model.
     """
     from trcgl.stages import diffusion
     from trcgl.stages.evaluate import evaluate_run
@@ -340,36 +373,54 @@ def run_experiment(
                 log(f"diffusion {key} ...")
             record = fn(cfg, run_dir, progress=progress)
         synthetic_id = record.get("id")
-    rows, trained, folders = [], [], []
+    seeds = list(seeds) if seeds else [None]
+    rows, spreads, trained, folders = [], [], [], []
     for variant, vcfg, synthetic in configs:
-        out = variant_dir(run_dir, variant, vcfg, synthetic)
-        if not prepare_classifier(out, synthetic_id if synthetic else None):
-            log(f"{variant.name}: training in {out}")
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.yaml", vcfg.to_yaml())
-            train(vcfg, run_dir, progress=progress, out_dir=out, synthetic=synthetic)
-            trained.append(variant.name)
-        if not RunDir(out).is_complete(f"evaluate {split}"):
-            evaluate_run(
-                run_dir,
-                out / "model",
-                split,
-                vcfg.train.batch_size,
-                vcfg.train.num_workers,
-                out_dir=out,
-            )
-        evaluated = RunDir(out).record(f"evaluate {split}")
-        assert evaluated is not None  # written by evaluate_run above, or complete
-        summary = evaluated["summary"]
-        rows.append((variant, _group_metrics(summary)))
-        folders.append(out)
+        per_seed = []
+        for seed in seeds:
+            scfg = vcfg if seed is None else vcfg.updated([], [f"train.seed={seed}"])
+            out = variant_dir(run_dir, variant, scfg, synthetic)
+            label = variant.name if seed is None else f"{variant.name} (seed {seed})"
+            if not prepare_classifier(out, synthetic_id if synthetic else None):
+                log(f"{label}: training in {out}")
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / "config.yaml", scfg.to_yaml())
+                train(scfg, run_dir, progress=progress, out_dir=out, synthetic=synthetic)
+                trained.append(label)
+            if not RunDir(out).is_complete(f"evaluate {split}"):
+                evaluate_run(
+                    run_dir,
+                    out / "model",
+                    split,
+                    scfg.train.batch_size,
+                    scfg.train.num_workers,
+                    out_dir=out,
+                )
+            evaluated = RunDir(out).record(f"evaluate {split}")
+            assert evaluated is not None  # written by evaluate_run above, or complete
+            per_seed.append(_group_metrics(evaluated["summary"]))
+            if seed == seeds[0]:
+                folders.append(out)
+        mean, sd = _over_seeds(per_seed)
+        rows.append((variant, mean))
+        spreads.append(sd)
     frame = table_frame(table, rows, paper=cfg.data.format == "padchest")
+    if len(seeds) > 1:
+        _add_spread(frame, table, spreads)
     reference = _reference(cfg, [v for v, _, _ in configs])
     significance = _with_intervals(frame, folders, split, reference)
     folder = run_dir / "experiments"
     csv, md = folder / f"{table}.csv", folder / f"{table}.md"
     atomic_write_text(csv, frame.to_csv(index=False))
-    note = f"\n{cfg.name}, {split} split, one seed. F1 at 0.5"
+    if len(seeds) > 1:
+        listed = ", ".join(map(str, seeds))
+        note = (
+            f"\n{cfg.name}, {split} split, {len(seeds)} training seeds ({listed}): mean ± "
+            f"sample sd over the seeds; the intervals and Δ are those of seed {seeds[0]}'s "
+            "models. F1 at 0.5"
+        )
+    else:
+        note = f"\n{cfg.name}, {split} split, one seed. F1 at 0.5"
     if "F1 (tuned thr.)" in frame:
         note += "; F1 (tuned thr.) at per-class thresholds tuned on the validation split" + (
             " (optimistic here)" if split == "val" else ""
