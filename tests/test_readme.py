@@ -168,6 +168,10 @@ COMMANDS: dict[str, Run | Skip] = {
         extra=[*SMALL_RUN, "data.labels_csv={nih_subset_csv}"],
         expect=["runs/nih-demo/experiments/table1.md"],
     ),
+    "trcgl experiment table5 -c nih-demo --seeds 0,1,2": Run(
+        extra=[*SMALL_RUN, "data.labels_csv={nih_subset_csv}"],
+        expect=["runs/nih-demo/experiments/table5.md"],
+    ),
     # -- The report
     "trcgl report --run-dir runs/demo": Run(expect=["runs/demo/report.html"]),
 }

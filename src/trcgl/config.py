@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +30,31 @@ from trcgl.registry import ARCHITECTURES, DATA_FORMATS, GENERATORS, LOSSES
 
 PRESET_DIR = "configs"
 PACKAGE_SCHEME = "trcgl://"
+
+
+#: Tracker name → the package it needs and the extra that installs it.
+TRACKERS: dict[str, tuple[str, str | None]] = {
+    "tensorboard": ("tensorboard", None),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
+
+
+def check_trackers(names: Sequence[str]) -> None:
+    """Every name known and its package importable, else a :class:`ConfigError` saying how
+    to install it."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(
+                f"train.log_with: unknown tracker {name!r}; known: {', '.join(TRACKERS)}"
+            )
+        package, extra = TRACKERS[name]
+        if importlib.util.find_spec(package) is None:
+            how = f"pip install 'trcgl[{extra}]'" if extra else f"pip install {package}"
+            raise ConfigError(
+                f"train.log_with names {name!r}, but {package} is not installed: `{how}`, "
+                "or leave it out of train.log_with"
+            )
 
 
 @dataclass
@@ -179,6 +206,9 @@ class TrainConfig:
     seed: int = 0
     #: Cap on optimiser steps per epoch (``null``: the whole training set); for quick runs.
     max_steps_per_epoch: int | None = None
+    #: Experiment trackers (:mod:`trcgl.training.trackers`): ``tensorboard``, ``mlflow``,
+    #: ``wandb`` (the last two are extras: ``pip install 'trcgl[mlflow]'``).
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -376,6 +406,7 @@ class Config:
             raise ConfigError("train.w_syn and train.w_syn_warmup must be >= 0")
         if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
             raise ConfigError("train.max_steps_per_epoch must be >= 1 or null")
+        check_trackers(t.log_with)
         ARCHITECTURES.get(m.architecture).check_config(m)
         LOSSES.get(t.loss).check_options(t.loss_options, "train.loss_options")
         self.diffusion.validate()

@@ -49,6 +49,7 @@ from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_c
 from trcgl.training.data import TrainingData
 from trcgl.training.precision import resolve_mixed_precision
 from trcgl.training.schedule import cosine_with_warmup
+from trcgl.training.trackers import build_trackers, finish_trackers, start_trackers
 
 STAGE_FILE = "train.json"
 MODEL_DIR = "model"
@@ -115,6 +116,7 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(t.mixed_precision),
             cpu=not torch.cuda.is_available(),
+            log_with=build_trackers(t.log_with, self.out_dir, config.name, self.out_dir.name),
         )
         set_seed(t.seed)
         self.model = build_model(
@@ -184,7 +186,6 @@ class Trainer:
         )
         self.ema = None
         self.state = TrainState()
-        self.writer = None
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -244,14 +245,15 @@ class Trainer:
             return
         with (self.out_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
-        for key, value in record.items():
-            if isinstance(value, int | float) and key not in ("epoch", "stage"):
-                self.writer.add_scalar(key, value, record["epoch"])
-        self.writer.flush()
+        scalars = {
+            key: value
+            for key, value in record.items()
+            if isinstance(value, int | float) and key not in ("epoch", "stage")
+        }
+        self.accelerator.log(scalars, step=record["epoch"])
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.flush()
 
     def validate(self, model: torch.nn.Module) -> MetricsReport:
         probs, labels = predict_probabilities(model, self.val_loader, self.accelerator)
@@ -260,12 +262,24 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
-        total_epochs = t.warmup_epochs + t.epochs
-        ckpt_dir = self.out_dir / "checkpoints"
+        """Train (resuming from the latest checkpoint) and return the ``train.json`` record;
+        a finished run returns its record untouched."""
         if (self.out_dir / STAGE_FILE).is_file():
             return json.loads((self.out_dir / STAGE_FILE).read_text())
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        start_trackers(self.accelerator, self.out_dir, self.cfg.to_dict())
+        try:
+            result = self._fit()
+        except BaseException as exc:
+            finish_trackers(self.accelerator, exc)
+            raise
+        finish_trackers(self.accelerator)
+        return result
+
+    def _fit(self) -> dict[str, Any]:
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        total_epochs = t.warmup_epochs + t.epochs
+        ckpt_dir = self.out_dir / "checkpoints"
         resume = latest_checkpoint(ckpt_dir)
         resume_state: dict[str, Any] | None = None
         if resume is not None:
@@ -403,8 +417,6 @@ class Trainer:
         }
         if acc.is_main_process:
             atomic_write_text(self.out_dir / STAGE_FILE, json.dumps(result, indent=2) + "\n")
-        if self.writer is not None:
-            self.writer.close()
         return result
 
     def _stage1_steps(self, steps_per_epoch: int) -> int:
