@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,3 +137,24 @@ def trained_run(prepared, tmp_path_factory) -> tuple[Path, list[str]]:
     shutil.copytree(run, trained)
     train(load_config("nih-demo", [*overrides, "diffusion.enabled=false"]), trained, progress=False)
     return trained, overrides
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(monkeypatch, module, name: str, at: int):
+    """Inside the block, ``module.<name>`` (a checkpoint writer called as
+    ``name(directory, step_or_epoch, ...)``) saves checkpoint ``at`` and then raises
+    :class:`KeyboardInterrupt`, as a kill right after it would; the block expects it."""
+    original = getattr(module, name)
+
+    def save_then_die(directory, when, *args, **kwargs):
+        path = original(directory, when, *args, **kwargs)
+        if when == at:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(module, name, save_then_die)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(module, name, original)

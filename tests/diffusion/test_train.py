@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import trcgl.diffusion.train as train_module
+from tests.conftest import killed_after_checkpoint
 from trcgl.config import DiffusionConfig
 from trcgl.data.manifest import Manifest
 from trcgl.data.readers import read_nih
@@ -212,19 +213,9 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
     train_generator(components, conditioner, dataset, cfg, tmp_path / "full", cpu=True)
     reference = (conditioner.context.detach().clone(), snapshot(components.unet))
 
-    original = train_module.save_generator_checkpoint
-
-    def save_then_die(directory, step, *args, **kwargs):
-        path = original(directory, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(train_module, "save_generator_checkpoint", save_then_die)
     components, conditioner, dataset = make(manifest, nih_sample, rows=12)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, train_module, "save_generator_checkpoint", at=4):
         train_generator(components, conditioner, dataset, cfg, tmp_path / "killed", cpu=True)
-    monkeypatch.setattr(train_module, "save_generator_checkpoint", original)
     assert not (tmp_path / "killed" / "train.json").exists()
 
     components, conditioner, dataset = make(manifest, nih_sample, rows=12)  # a new process

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 import trcgl.training.trainer as trainer_module
+from tests.conftest import killed_after_checkpoint
 from trcgl.config import load_config
 from trcgl.errors import ConfigError
 from trcgl.stages.train import train
@@ -48,18 +49,8 @@ def test_mlflow_file_store_gets_every_epoch_and_a_resumed_run_continues_it(
     cfg = load_config(
         "nih-demo", [*overrides, "diffusion.enabled=false", "train.log_with=[tensorboard, mlflow]"]
     )
-    original = trainer_module.save_checkpoint
-
-    def save_then_die(directory, epoch, *args, **kwargs):
-        path = original(directory, epoch, *args, **kwargs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, trainer_module, "save_checkpoint", at=1):
         train(cfg, run, progress=False)
-    monkeypatch.setattr(trainer_module, "save_checkpoint", original)
     train(cfg, run, progress=False)
 
     client = mlflow.tracking.MlflowClient(store.as_uri())

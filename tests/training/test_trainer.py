@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import trcgl.training.trainer as trainer_module
+from tests.conftest import killed_after_checkpoint
 from trcgl.config import load_config
 from trcgl.models.base import load_model
 from trcgl.stages.prepare import prepare
@@ -85,18 +86,8 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
     train(cfg, full, progress=False)
 
     killed = _copy(run, tmp_path / "killed")
-    original = trainer_module.save_checkpoint
-
-    def save_then_die(directory, epoch, *args, **kwargs):
-        path = original(directory, epoch, *args, **kwargs)
-        if epoch == 1:  # killed right after the first stage-2 epoch was saved
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, killed, progress=False)
-    monkeypatch.setattr(trainer_module, "save_checkpoint", original)
+    with killed_after_checkpoint(monkeypatch, trainer_module, "save_checkpoint", at=1):
+        train(cfg, killed, progress=False)  # killed right after the first stage-2 epoch
     assert not (killed / "train.json").exists()
     train(cfg, killed, progress=False)
 
