@@ -12,7 +12,12 @@ from PIL import Image
 
 from tests.conftest import TINY_DIFFUSION, invoke
 from trcgl.config import load_config
+from trcgl.data.cache import cached_path
+from trcgl.data.images import read_image
 from trcgl.data.manifest import Manifest
+from trcgl.diffusion.filter import features
+from trcgl.evaluation.generative import quality
+from trcgl.models.base import load_model
 from trcgl.run_dir import RunDir
 from trcgl.stages import diffusion as stage
 
@@ -67,7 +72,7 @@ def test_generator_is_saved_and_reloads(synthesized):
 
 
 def test_sampled_images_and_filter_accounting(synthesized):
-    run, _, outputs = synthesized
+    run, args, outputs = synthesized
     plan = pd.read_csv(run / "synthetic" / "plan.csv")
     images = sorted((run / "synthetic" / "images").glob("*.png"))
     assert len(images) == len(plan) > 0
@@ -85,6 +90,31 @@ def test_sampled_images_and_filter_accounting(synthesized):
     assert (run / "synthetic" / "samples.png").is_file()
     assert (run / "filter_classifier" / "model" / "config.json").is_file()
     assert "kept of" in outputs[2]
+    # quality of each tail class's images, before and after the filter, recomputed here
+    q = summary["quality"]["per_class"]
+    assert set(q) == set(summary["per_class"])
+    model = load_model(run / "filter_classifier" / "model")
+    data = RunDir(run).training_data()
+    real = data.manifest.subset(split="train", source="real")
+    name = max(q, key=lambda c: q[c]["before"]["synthetic"])
+    positives = real.frame[real.frame[name] == 1]
+    real_features = features(
+        model, [read_image(cached_path(data.cache_root, p)) for p in positives["image"]]
+    )
+    made = report[report["target_class"] == name]
+    fake = features(
+        model,
+        [
+            read_image(run / "synthetic" / "images" / f"{i}.png")
+            for i in plan.loc[made.index, "image_id"]
+        ],
+    )
+    expected = quality(real_features, fake, seed=load_config("nih-demo", args).diffusion.seed)
+    for key in ("real", "synthetic", "kid", "fid", "precision", "recall"):
+        want = expected[key]
+        got = q[name]["before"][key]
+        assert got is None if want is None else got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert q[name]["after"]["synthetic"] == int(made["kept"].sum())
 
 
 def test_kept_images_become_weighted_training_rows(synthesized):

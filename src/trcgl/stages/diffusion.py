@@ -524,15 +524,48 @@ def filter_stage(
     for name, counts in summary["per_class"].items():
         counts["planned"] = int(planned.get(name, 0))
     evaluated = json.loads((filter_run.evaluation("val") / "metrics.json").read_text())
+    made = features(model, synthetic, batch)
     payload = {
         "planned": len(plan),
         **summary,
+        "quality": synthetic_quality(reference.vectors, rows, made, targets, kept, d.seed),
         "w_syn": cfg.train.w_syn,
         "similarity_calibrated": d.max_similarity is None,
         "filter_model": RunDir(run_dir).store(model_dir),
         "filter_model_val": evaluated.get("summary", {}).get("overall"),
     }
     return _write_record(run_dir, "filter", payload, started)
+
+
+def synthetic_quality(
+    real: np.ndarray,
+    rows: Manifest,
+    made: np.ndarray,
+    targets: list[str],
+    kept: np.ndarray,
+    seed: int,
+) -> dict[str, Any]:
+    """Per target class: KID, FID and precision / recall (:mod:`trcgl.evaluation.generative`)
+    of the synthetic images made for it, before and after the filter, against the real
+    training images with that label (``real``: their features, rows of ``rows``), in the
+    filter classifier's feature space."""
+    from trcgl.evaluation.generative import quality
+
+    labels = rows.labels()
+    targets_arr = np.asarray(targets)
+    per_class = {}
+    for name in dict.fromkeys(targets):
+        positives = real[labels[:, rows.classes.index(name)] == 1]
+        mine = targets_arr == name
+        per_class[name] = {
+            "before": quality(positives, made[mine], seed=seed),
+            "after": quality(positives, made[mine & kept], seed=seed),
+        }
+    return {
+        "feature_space": "the filter classifier's pooled features (L2-normalised)",
+        "k": 3,
+        "per_class": per_class,
+    }
 
 
 #: The stages in order, by their record name: what ``trcgl run`` and the experiments run.

@@ -447,6 +447,7 @@ def _synthetic(run: _Run) -> str:
         per_class = summary.get("per_class") or {}
         thr = thresholds if isinstance(thresholds, Mapping) else None
         parts.append(_synthetic_per_class(run, per_class, thr))
+        parts.append(_synthetic_quality(summary.get("quality")))
     else:
         parts.append(_note("No synthetic/summary.json (filter summary)."))
     if samples.is_file():
@@ -501,6 +502,31 @@ def _synthetic_per_class(
         table_id="synthetic-per-class",
         row_groups=groups,
         html_columns=[1],
+    )
+
+
+def _synthetic_quality(q: Mapping[str, Any] | None) -> str:
+    """KID, precision and recall (and FID) per target class, before / after the filter."""
+    if not q or not q.get("per_class"):
+        return ""
+    rows = []
+    for name, pair in q["per_class"].items():
+        b, a = pair["before"], pair["after"]
+        rows.append(
+            [name, b["real"], b["synthetic"], a["synthetic"]]
+            + [x.get(key) for key in ("kid", "precision", "recall", "fid") for x in (b, a)]
+        )
+    header = ["class", "real", "made", "kept"] + [
+        f"{m} {when}" for m in ("KID", "precision", "recall", "FID") for when in ("made", "kept")
+    ]
+    return (
+        "<h4>Quality of the synthetic images</h4>"
+        f"<p>Each tail class's synthetic images against its real training images, in "
+        f"{_esc(q.get('feature_space', 'a feature space'))}, all made and those the filter kept: "
+        "KID (unbiased MMD², polynomial kernel; 0 = same distribution), improved precision "
+        f"(realism) and recall (coverage) with k = {q.get('k', 3)} neighbours, and FID (biased "
+        "upwards for sets this small; compare equal sizes only). – where a set is too small."
+        "</p>" + _table(header, rows, table_id="synthetic-quality")
     )
 
 
