@@ -123,8 +123,12 @@ def _run_dir(cfg, run_dir: Path | None) -> Path:
 
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    from trcgl.evaluation.tables import fixed_f1_keys
+
+    fixed = fixed_f1_keys(rows.get("overall", {}))
     table = Table(title=title)
-    for col in ("subset", "mAP", "mAUC", "F1@0.5", "F1 tuned", "classes"):
+    columns = ("subset", "mAP", "mAUC", "F1@0.5", *(c for _, c in fixed), "F1 tuned", "classes")
+    for col in columns:
         table.add_column(col, justify="left" if col == "subset" else "right")
     for name, s in rows.items():
         if not s.get("n_classes"):
@@ -135,6 +139,7 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
             f"{s['mAP']:.4f}",
             f"{s['mAUC']:.4f}",
             f"{s['macro_F1']:.4f}",
+            *(f"{s[k]:.4f}" if s.get(k) is not None else "" for k, _ in fixed),
             "" if tuned is None else f"{tuned:.4f}",
             str(s["n_classes"]),
         )
@@ -219,14 +224,44 @@ def evaluate_cmd(
         typer.Option(help="Patient-level bootstrap resamples for the 95 % intervals (0: none)."),
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
+    f1_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated fixed F1 thresholds, e.g. 0.5,0.2 (default: the model's "
+            "training config, evaluate.f1_thresholds)."
+        ),
+    ] = None,
+    empty_classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Classes without positives: exclude (named, left out of the means) or count "
+            "(AP 0, AUC 0.5, as the authors' code). Default: the model's training config."
+        ),
+    ] = None,
 ) -> None:
     """Metrics of a model on a split, with patient-level bootstrap intervals: metrics.json,
     per-class table, Tables 1–2 layouts."""
     from trcgl.stages.evaluate import evaluate_run
 
     try:
+        if empty_classes not in (None, "exclude", "count"):
+            raise ConfigError(f"--empty-classes takes exclude or count, got {empty_classes!r}")
+        try:
+            thresholds = [float(t) for t in f1_at.split(",")] if f1_at else None
+        except ValueError:
+            raise ConfigError(f"--f1-at takes comma-separated numbers, got {f1_at!r}") from None
+        if thresholds is not None and not all(0 < t < 1 for t in thresholds):
+            raise ConfigError(f"--f1-at thresholds must lie in (0, 1), got {f1_at!r}")
         ev = evaluate_run(
-            run_dir, model, split, batch_size, workers, bootstrap_resamples=bootstrap, seed=seed
+            run_dir,
+            model,
+            split,
+            batch_size,
+            workers,
+            bootstrap_resamples=bootstrap,
+            seed=seed,
+            f1_thresholds=thresholds,
+            empty_classes=empty_classes,
         )
     except TrcglError as exc:
         _fail(exc)

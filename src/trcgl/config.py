@@ -117,6 +117,9 @@ class GraphConfig:
     """Label co-occurrence graph (Eq. 15–20)."""
 
     tau: float = 0.02
+    #: ``paper`` (Eq. 16–20: row-normalised, then symmetrised) or ``authors`` (their code:
+    #: Q_ij / (n_i + 1), diagonal forced to 1, then + I; docs/method.md §6).
+    formula: Literal["paper", "authors"] = "paper"
     #: Build the graph from synthetic rows too (the authors' code did; the paper's form is not).
     include_synthetic: bool = False
 
@@ -334,6 +337,18 @@ class DiffusionConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """``trcgl evaluate``: how results are reported beside the paper's metrics (Eq. 26–35)."""
+
+    #: Fixed thresholds of the reported F1 (0.5 always; the authors' code reports 0.2, so the
+    #: ``padchest`` and ``cxrlt2026`` presets add it).
+    f1_thresholds: list[float] = field(default_factory=lambda: [0.5])
+    #: Classes without positives in the evaluated split: ``exclude`` (left out of the means and
+    #: named) or ``count`` (AP 0, AUC 0.5, F1 0 in the means, as the authors' code does).
+    empty_classes: Literal["exclude", "count"] = "exclude"
+
+
+@dataclass
 class Config:
     """An experiment: one section per stage."""
 
@@ -346,6 +361,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -407,6 +423,9 @@ class Config:
         if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
             raise ConfigError("train.max_steps_per_epoch must be >= 1 or null")
         check_trackers(t.log_with)
+        bad = [v for v in self.evaluate.f1_thresholds if not 0 < float(v) < 1]
+        if bad:
+            raise ConfigError(f"evaluate.f1_thresholds must lie in (0, 1), got {bad}")
         ARCHITECTURES.get(m.architecture).check_config(m)
         LOSSES.get(t.loss).check_options(t.loss_options, "train.loss_options")
         self.diffusion.validate()

@@ -421,3 +421,33 @@ def test_the_model_folder_says_what_it_was_trained_from(evaluated, trained_run):
     metrics = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
     assert evaluation["val"]["summary"] == metrics["summary"]
     assert evaluation["val"]["optimistic_tuned_f1"] is True
+
+
+def test_evaluate_reports_f1_at_the_authors_threshold(evaluated, tmp_path):
+    """--f1-at 0.5,0.2: F1@0.2 beside F1@0.5 and tuned, in the log, metrics.json and tables.md;
+    equal to scikit-learn on predictions.csv. The padchest / cxrlt2026 presets ask for it."""
+    from sklearn.metrics import f1_score
+
+    from trcgl.config import load_config
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0], run)
+    result = invoke("evaluate", "--run-dir", str(run), "--f1-at", "0.5,0.2", "--bootstrap", "0")
+    assert result.exit_code == 0, result.output
+    assert "F1@0.2" in result.output and "F1@0.5" in result.output
+    out = run / "evaluation" / "val"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["f1_thresholds"] == [0.2, 0.5]
+    preds = pd.read_csv(out / "predictions.csv")
+    classes = [c for c in preds.columns if c != "ImageID" and not c.startswith("label:")]
+    per_class = pd.read_csv(out / "per_class.csv").set_index("class")
+    scored = [c for c in classes if preds[f"label:{c}"].sum() > 0]
+    want = [f1_score(preds[f"label:{c}"], preds[c] >= 0.2, zero_division=0) for c in scored]
+    assert metrics["summary"]["overall"]["macro_F1@0.2"] == pytest.approx(np.mean(want))
+    np.testing.assert_allclose(per_class.loc[scored, "f1@0.2"], want)
+    assert "| F1@0.2 |" in (out / "tables.md").read_text()
+    assert load_config("padchest").evaluate.f1_thresholds == [0.5, 0.2]
+    cxrlt = load_config("cxrlt2026", ["data.labels_csv=/data/cxrlt/train.csv"])
+    assert cxrlt.evaluate.f1_thresholds == [0.5, 0.2]
+    bad = invoke("evaluate", "--run-dir", str(run), "--f1-at", "0.2,x")
+    assert bad.exit_code == 2 and "comma-separated numbers" in bad.output

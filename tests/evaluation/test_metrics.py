@@ -390,3 +390,44 @@ def test_evaluate_validation() -> None:
         evaluate(y, s, NAMES, thresholds={"Atelectasis": 0.3})
     with pytest.raises(ValueError, match="shape"):
         evaluate(y, s, NAMES, thresholds=np.full(5, 0.5))
+
+
+def test_f1_at_further_fixed_thresholds_matches_sklearn() -> None:
+    """The authors' F1@0.2 beside F1@0.5: per class and macro, equal to scikit-learn."""
+    y, s = _data(21, decimals=2)
+    rep = evaluate(y, s, NAMES, groups=GROUPS, f1_at=[0.5, 0.2])
+    want = _sk_f1(y, s, 0.2)
+    np.testing.assert_allclose(rep.per_class["f1@0.2"], want, atol=1e-12)
+    assert rep.summary["overall"]["macro_F1@0.2"] == pytest.approx(want.mean())
+    tail = [NAMES.index(c) for c in GROUPS["tail"]]
+    assert rep.summary["tail"]["macro_F1@0.2"] == pytest.approx(want[tail].mean())
+    assert "macro_F1@0.5" not in rep.summary["overall"]  # 0.5 is macro_F1 itself
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        evaluate(y, s, NAMES, f1_at=[1.5])
+
+
+def test_empty_classes_counted_as_the_authors_code_does() -> None:
+    """count: a class without positives is AP 0, AUC 0.5, F1 0 in the means; one without
+    negatives AUC 0.5 — the means written out by hand from scikit-learn's per-class values."""
+    y, s = _data(22, decimals=2)
+    y[:, 2] = 0  # Hernia: no positives
+    y[:, 3] = 1  # Pneumonia: no negatives
+    default = evaluate(y, s, NAMES, f1_at=[0.2])
+    counted = evaluate(y, s, NAMES, f1_at=[0.2], empty_classes="count")
+    ap = _sk(average_precision_score, y, s)
+    auc = _sk(roc_auc_score, y, s)
+    ap[2] = np.nan  # whatever scikit-learn says for a class without positives
+    ap_counted = np.where(np.isnan(ap), 0.0, ap)
+    auc_counted = np.where(np.isnan(auc), 0.5, auc)
+    overall = counted.summary["overall"]
+    assert overall["mAP"] == pytest.approx(ap_counted.mean())
+    assert overall["mAUC"] == pytest.approx(auc_counted.mean())
+    f1 = _sk_f1(y, s, 0.5)
+    f1[2] = 0.0
+    assert overall["macro_F1"] == pytest.approx(f1.mean())
+    assert overall["n_classes"] == overall["n_classes_auc"] == len(NAMES)
+    assert default.summary["overall"]["mAP"] == pytest.approx(np.nanmean(ap))
+    assert counted.excluded == ["Hernia"]  # still named
+    assert np.isnan(counted.per_class["ap"].iloc[2])  # per-class cells stay empty
+    with pytest.raises(ValueError, match="empty_classes"):
+        evaluate(y, s, NAMES, empty_classes="zero")

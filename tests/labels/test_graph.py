@@ -79,3 +79,42 @@ def test_real_padchest_graph(padchest):
     assert np.max(np.abs(np.linalg.eigvalsh(a))) == pytest.approx(1.0, abs=1e-9)
     # τ prunes: fewer edges at a larger threshold
     assert (normalized_adjacency(g.cooccurrence, 0.1) > 0).sum() < (a > 0).sum()
+
+
+def _hand_authors(tau: F) -> tuple[list[list[F]], list[F]]:
+    """The authors' code's graph (docs/method.md §6) worked by hand with exact fractions."""
+    q = [[3, 2, 1, 0], [2, 3, 2, 0], [1, 2, 2, 0], [0, 0, 0, 0]]
+    n = [q[i][i] for i in range(4)]  # 3, 3, 2, 0
+    p = [[F(q[i][j], n[i] + 1) for j in range(4)] for i in range(4)]  # Q_ij / (n_i + 1)
+    p = [[(p[i][j] + p[j][i]) / 2 for j in range(4)] for i in range(4)]
+    p = [[F(1) if i == j else p[i][j] for j in range(4)] for i in range(4)]
+    p = [[v if v >= tau else F(0) for v in r] for r in p]
+    p = [[F(1) if i == j else p[i][j] for j in range(4)] for i in range(4)]
+    p = [[p[i][j] + (i == j) for j in range(4)] for i in range(4)]  # diagonal 2
+    return p, [sum(r) for r in p]
+
+
+@pytest.mark.parametrize("tau", [F(0), F(1, 5), F(2, 5)])
+def test_the_authors_graph_matches_hand_computation(tau):
+    p, d = _hand_authors(tau)
+    want = np.array(
+        [[float(p[i][j]) / np.sqrt(float(d[i] * d[j])) for j in range(4)] for i in range(4)]
+    )
+    graph = LabelGraph.from_labels(Y, list("abcd"), float(tau), formula="authors")
+    np.testing.assert_allclose(graph.adjacency, want, atol=1e-15)
+    # the class without positives keeps its self-loop of 2: a row of its own, A_33 = 1
+    assert graph.adjacency[3, 3] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown graph formula"):
+        LabelGraph.from_labels(Y, list("abcd"), formula="other")
+
+
+def test_the_authors_graph_on_the_real_padchest_labels(padchest):
+    """On the real PadChest training labels the two formulas differ (the issue measured
+    max |ΔA| 0.21); the authors' is symmetric with diagonal 2 before normalisation."""
+    y = padchest.manifest.labels()
+    paper = LabelGraph.from_labels(y, padchest.manifest.classes, tau=0.02)
+    authors = LabelGraph.from_labels(y, padchest.manifest.classes, tau=0.02, formula="authors")
+    a = authors.adjacency
+    np.testing.assert_allclose(a, a.T, atol=1e-12)
+    assert np.abs(a - paper.adjacency).max() > 0.05
+    assert (a > 0).sum() != (paper.adjacency > 0).sum()

@@ -487,6 +487,9 @@ def evaluate(
     class_names: Sequence[str],
     groups: Mapping[str, Sequence[str]] | None = None,
     thresholds: ArrayLike | Mapping[str, float] | None = None,
+    *,
+    f1_at: Sequence[float] = (),
+    empty_classes: str = "exclude",
 ) -> MetricsReport:
     """Compute AP, AUC and F1 per class and their macro averages (the paper's Eq. 26–35).
 
@@ -505,6 +508,12 @@ def evaluate(
         thresholds: optional per-class thresholds (e.g. from :func:`tune_thresholds` on
             validation data) as a (C,) array or a mapping class name → threshold; adds
             ``f1_tuned`` and ``threshold`` columns and ``macro_F1_tuned`` to the summary.
+        f1_at: further fixed thresholds t for F1 besides 0.5 (e.g. the authors' 0.2): a
+            per-class column ``f1@t`` and ``macro_F1@t`` in the summary.
+        empty_classes: ``"exclude"`` (the default, as above) or ``"count"``, the authors'
+            code: a class without positives counts as AP 0, AUC 0.5 and F1 0 in every mean
+            (still named in ``excluded``; its per-class cells stay empty). A class with
+            positives but no negatives counts as AUC 0.5 too.
 
     Returns:
         A :class:`MetricsReport`.
@@ -521,8 +530,14 @@ def evaluate(
     ranked = _rank(labels, scores)  # one sort serves AP and AUC
     ap = _ap(ranked)
     auc = _auc(ranked)
+    if empty_classes not in ("exclude", "count"):
+        raise ValueError(f"empty_classes must be 'exclude' or 'count', got {empty_classes!r}")
+    fixed = [float(t) for t in f1_at if float(t) != 0.5]
+    if any(not 0.0 < t < 1.0 for t in fixed):
+        raise ValueError(f"F1 thresholds must lie in (0, 1), got {list(f1_at)}")
     f1 = _f1(labels, scores, np.full(n_classes, 0.5))
     f1_tuned = _f1(labels, scores, thr) if thr is not None else None
+    f1_fixed = {t: _f1(labels, scores, np.full(n_classes, t)) for t in dict.fromkeys(fixed)}
 
     columns: dict[str, Any] = {"class": names}
     if group_index is not None:
@@ -536,10 +551,19 @@ def evaluate(
     columns["ap"] = ap
     columns["auc"] = auc
     columns["f1"] = f1
+    for t, values in f1_fixed.items():
+        columns[f"f1@{t:g}"] = values
     if thr is not None and f1_tuned is not None:
         columns["f1_tuned"] = f1_tuned
         columns["threshold"] = thr
     per_class = pd.DataFrame(columns)
+    if empty_classes == "count":  # the authors' means: AP 0, AUC 0.5, F1 0 for such classes
+        none = ranked.n_pos == 0
+        ap, auc = np.where(none, 0.0, ap), np.where(np.isnan(auc), 0.5, auc)
+        f1 = np.where(none, 0.0, f1)
+        f1_fixed = {t: np.where(none, 0.0, v) for t, v in f1_fixed.items()}
+        if f1_tuned is not None:
+            f1_tuned = np.where(none, 0.0, f1_tuned)
 
     subsets: dict[str, list[int]] = {_OVERALL: list(range(n_classes))}
     if group_index is not None:
@@ -552,10 +576,13 @@ def evaluate(
             "mAUC": _mean(auc[idx]),
             "macro_F1": _mean(f1[idx]),
         }
+        for t, values in f1_fixed.items():
+            stats[f"macro_F1@{t:g}"] = _mean(values[idx])
         if f1_tuned is not None:
             stats["macro_F1_tuned"] = _mean(f1_tuned[idx])
-        stats["n_classes"] = int(np.count_nonzero(ranked.n_pos[idx] > 0))
-        stats["n_classes_auc"] = int(np.count_nonzero(~np.isnan(auc[idx])))
+        counted = len(idx) if empty_classes == "count" else None
+        stats["n_classes"] = counted or int(np.count_nonzero(ranked.n_pos[idx] > 0))
+        stats["n_classes_auc"] = counted or int(np.count_nonzero(~np.isnan(auc[idx])))
         summary[subset] = stats
 
     excluded = [names[i] for i in np.flatnonzero(ranked.n_pos == 0)]

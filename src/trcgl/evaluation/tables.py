@@ -1,6 +1,7 @@
 """The paper's table layouts of a metrics report (Table 1: overall; Table 2: frequency groups).
 
-* Table 1 layout: method | mAP | mAUC | F1 (at 0.5) | F1 (per-class thresholds);
+* Table 1 layout: method | mAP | mAUC | F1 (at 0.5) | F1 at further fixed thresholds (e.g.
+  ``F1@0.2``, the authors') | F1 (per-class thresholds);
 * Table 2 layout: method | head / medium / tail mAP, mAUC and F1;
 * intervals: per subset, each macro metric beside its bootstrap interval
   (:mod:`trcgl.evaluation.bootstrap`).
@@ -18,9 +19,17 @@ from trcgl.evaluation.metrics import MetricsReport
 GROUPS = ("head", "medium", "tail")
 
 
+def fixed_f1_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(summary key, column name) of the F1s at fixed thresholds other than 0.5."""
+    keys = sorted((k for k in summary if k.startswith("macro_F1@")), key=lambda k: float(k[9:]))
+    return [(k, f"F1@{k[9:]}") for k in keys]
+
+
 def table1_row(name: str, report: MetricsReport) -> dict[str, Any]:
     s = report.summary["overall"]
     row = {"method": name, "mAP": s["mAP"], "mAUC": s["mAUC"], "F1": s["macro_F1"]}
+    for key, column in fixed_f1_keys(s):
+        row[column] = s[key]
     if report.has_tuned:
         row["F1 (tuned thr.)"] = s["macro_F1_tuned"]
     return row

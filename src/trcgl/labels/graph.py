@@ -1,4 +1,4 @@
-"""The label co-occurrence graph of TRCGL-Net (Eq. 15–20).
+"""The label co-occurrence graph of TRCGL-Net (Eq. 15–20), and the authors' code's variant.
 
 Built from the *training* label matrix only, saved as safetensors with the class order, and
 loaded with the model so that inference needs no training data.
@@ -44,6 +44,27 @@ def normalized_adjacency(q: np.ndarray, tau: float = 0.02) -> np.ndarray:
     return inv_sqrt[:, None] * qt * inv_sqrt[None, :]
 
 
+def authors_adjacency(q: np.ndarray, tau: float = 0.02) -> np.ndarray:
+    """The graph of the authors' released code (docs/method.md §6), from Q = YᵀY:
+
+    P_ij = Q_ij / (n_i + 1) with n_i = Q_ii; P ← (P + Pᵀ) / 2; P_ii ← 1; P_ij ← 0 where
+    P_ij < τ; P_ii ← 1; P ← P + I (diagonal 2); A = D^{-½} P D^{-½}, D_ii = max(Σ_j P_ij, 1e-6).
+    """
+    q = np.asarray(q, dtype=np.float64)
+    p = q / (np.diag(q)[:, None] + 1.0)
+    p = (p + p.T) / 2
+    np.fill_diagonal(p, 1.0)
+    p = np.where(p < tau, 0.0, p)
+    np.fill_diagonal(p, 1.0)
+    p = p + np.eye(len(p))
+    inv_sqrt = 1.0 / np.sqrt(np.maximum(p.sum(axis=1), 1e-6))
+    return inv_sqrt[:, None] * p * inv_sqrt[None, :]
+
+
+#: ``graph.formula``: the paper's Eq. 16–20 (the default) or the authors' code's.
+FORMULAS = {"paper": normalized_adjacency, "authors": authors_adjacency}
+
+
 @dataclass
 class LabelGraph:
     """Adjacency A (C×C), co-occurrence Q, the class order and τ."""
@@ -54,11 +75,16 @@ class LabelGraph:
     tau: float
 
     @classmethod
-    def from_labels(cls, y: np.ndarray, classes: Sequence[str], tau: float = 0.02) -> LabelGraph:
+    def from_labels(
+        cls, y: np.ndarray, classes: Sequence[str], tau: float = 0.02, formula: str = "paper"
+    ) -> LabelGraph:
+        """The graph of the label matrix ``y`` by ``formula`` (:data:`FORMULAS`)."""
         if y.shape[1] != len(classes):
             raise ValueError(f"label matrix has {y.shape[1]} columns for {len(classes)} classes")
+        if formula not in FORMULAS:
+            raise ValueError(f"unknown graph formula {formula!r}; known: {', '.join(FORMULAS)}")
         q = cooccurrence(y)
-        return cls(normalized_adjacency(q, tau), q, tuple(classes), float(tau))
+        return cls(FORMULAS[formula](q, tau), q, tuple(classes), float(tau))
 
     def save(self, path: str | Path) -> None:
         """Write ``adjacency`` and ``cooccurrence`` tensors; classes and τ in the metadata."""

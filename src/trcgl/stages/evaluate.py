@@ -66,11 +66,16 @@ def evaluate_run(
     *,
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    f1_thresholds: list[float] | None = None,
+    empty_classes: str | None = None,
 ) -> Evaluation:
     """Evaluate ``model_dir`` (default ``<run_dir>/model``) on ``split`` of the prepared run
     ``run_dir``; write into ``<out_dir>/evaluation/<split>/`` (``out_dir`` default: the model
     folder's parent). ``bootstrap_resamples`` patient-level resamples (seeded by ``seed``; 0:
-    none) give the 95 % intervals of every macro metric (:mod:`trcgl.evaluation.bootstrap`)."""
+    none) give the 95 % intervals of every macro metric (:mod:`trcgl.evaluation.bootstrap`).
+    ``f1_thresholds`` and ``empty_classes`` (the ``evaluate`` config section's keys; ``None``:
+    as the model's training configuration says, kept in its folder) add F1 at fixed
+    thresholds and choose how classes without positives enter the means."""
     started = time.time()
     run = RunDir(run_dir)
     run_dir = run.root
@@ -117,7 +122,20 @@ def evaluate_run(
         data.groups,
         temperature=temperature,
     )
-    report = evaluate(labels, probs, model.classes, data.groups, thresholds=thresholds)
+    trained_with = ((model.provenance or {}).get("config") or {}).get("evaluate") or {}
+    if f1_thresholds is None:
+        f1_thresholds = list(trained_with.get("f1_thresholds", [0.5]))
+    if empty_classes is None:
+        empty_classes = str(trained_with.get("empty_classes", "exclude"))
+    report = evaluate(
+        labels,
+        probs,
+        model.classes,
+        data.groups,
+        thresholds=thresholds,
+        f1_at=f1_thresholds,
+        empty_classes=empty_classes,
+    )
     frame = data.manifest.frame
     rows = frame[frame["split"] == split]
     ci: dict[str, Any] | None = None
@@ -154,6 +172,8 @@ def evaluate_run(
         "split": split,
         "model": run.store(model_dir),
         "thresholds_tuned_on": "val",
+        "f1_thresholds": sorted({0.5, *map(float, f1_thresholds)}),
+        "empty_classes": empty_classes,
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),
     }
@@ -210,7 +230,14 @@ def evaluate_run(
     atomic_write_text(
         out / "predictions.csv", pd.concat([preds, truth], axis=1).to_csv(index=False)
     )
-    note = (
+    if empty_classes == "count" and report.excluded:
+        tables_note = (
+            f"\n\nClasses without positives here count as AP 0, AUC 0.5 and F1 0 in the means "
+            f"(as the authors' code): {', '.join(report.excluded)}."
+        )
+    else:
+        tables_note = ""
+    note = tables_note + (
         "\n\nF1 (tuned thr.) uses per-class thresholds tuned on this same validation split: "
         "it is optimistic.\n"
         if split == "val"

@@ -198,7 +198,9 @@ def compute(config: Config, result: ReadResult) -> Prepared:
         config.groups.head,
         config.groups.tail,
     )
-    graph = LabelGraph.from_labels(y_train, manifest.classes, config.graph.tau)
+    graph = LabelGraph.from_labels(
+        y_train, manifest.classes, config.graph.tau, config.graph.formula
+    )
     stats = label_statistics(manifest)
     stats.insert(1, "group", list(groups.group_of))
     frame = manifest.frame

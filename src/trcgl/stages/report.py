@@ -72,7 +72,7 @@ from trcgl.evaluation.figures import (
     reliability_figure,
     training_curve_figure,
 )
-from trcgl.evaluation.tables import interval_rows
+from trcgl.evaluation.tables import fixed_f1_keys, interval_rows
 from trcgl.files import atomic_write_text
 from trcgl.run_dir import LABEL_STATS, PER_CLASS, RECORD_KEYS, RunDir
 from trcgl.stages.explain import explain_for_report
@@ -569,6 +569,7 @@ def _metrics(run: _Run) -> str:
     subsets = [s for s in ("overall", *GROUPS) if s in summary] + [
         s for s in summary if s not in ("overall", *GROUPS)
     ]
+    fixed = fixed_f1_keys(summary.get("overall", {}))
     rows = []
     for s in subsets:
         m = summary[s]
@@ -579,10 +580,12 @@ def _metrics(run: _Run) -> str:
                 m.get("mAP"),
                 m.get("mAUC"),
                 m.get("macro_F1"),
+                *(m.get(k) for k, _ in fixed),
                 m.get("macro_F1_tuned"),
             ]
         )
-    header = ["subset", "classes", "mAP", "mAUC", "F1 @ 0.5", "F1 (tuned thr.)"]
+    header = ["subset", "classes", "mAP", "mAUC", "F1 @ 0.5"]
+    header += [c.replace("@", " @ ") for _, c in fixed] + ["F1 (tuned thr.)"]
     parts = [
         f"<p>{_esc(metrics.get('method', 'model'))} on the {_esc(run.split)} split; per-class "
         "thresholds tuned on the validation split.</p>",
@@ -729,6 +732,9 @@ def _per_class(run: _Run) -> str:
         "f1_tuned": "F1 (tuned thr.)",
         "threshold": "tuned threshold",
     }
+    for column in frame.columns:
+        if column.startswith("f1@"):
+            names[column] = f"F1 @ {column[3:]}"
     columns = [c for c in names if c in frame.columns]
     header = ["class", "group"]
     if train_counts:

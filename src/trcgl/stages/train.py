@@ -41,7 +41,7 @@ def trainer_for_run(
     if synthetic and config.graph.include_synthetic:
         train_rows = data.manifest.subset(split="train")
         data.graph = LabelGraph.from_labels(
-            train_rows.labels(), data.manifest.classes, config.graph.tau
+            train_rows.labels(), data.manifest.classes, config.graph.tau, config.graph.formula
         )
     return Trainer(config, data, out_dir if out_dir is not None else run.root, progress)
 
