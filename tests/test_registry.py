@@ -33,7 +33,9 @@ def test_unknown_names_are_refused_with_the_key_the_choices_and_a_suggestion():
         load_config("nih-demo", ["data.format=nhi"])
     with pytest.raises(ConfigError, match=r"model\.architecture: .*got 'csr'; did you mean 'csra'"):
         load_config("nih-demo", ["model.architecture=csr"])
-    with pytest.raises(ConfigError, match=r"train\.loss: must be one of \['asl', 'bce', 'db', "):
+    with pytest.raises(
+        ConfigError, match=r"train\.loss: must be one of \['asl', 'bce', 'cb_margin', 'db', "
+    ):
         load_config("nih-demo", ["train.loss=focal"])
 
 

@@ -161,8 +161,16 @@ class ModelConfig:
     alpha: float = 0.05
     embed_dim: int = 300
     hidden_dim: int = 1024
-    #: s_label by dot product (paper, Eq. 24) or scaled cosine (authors' code).
+    #: s_label by dot product (paper, Eq. 24) or, as the authors' code, the cosine of a learned
+    #: D×D projection of g_r with E_2 (no temperature).
     label_score: Literal["dot", "cosine"] = "dot"
+    #: The map φ(I) through the backbone's own final norm (``head``: timm ConvNeXt's
+    #: LayerNorm) or, as the authors' code, a BatchNorm2d trained with the head (``batchnorm``).
+    feature_norm: Literal["head", "batchnorm"] = "head"
+    #: Biases in the channel gate's W1, W2 and the score maps M (the authors' have none).
+    attention_bias: bool = True
+    #: Dropout on E_1 between the two graph convolutions (the authors' 0.1).
+    gcn_dropout: float = 0.0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
     #: CSRA head: number of heads and λ.
@@ -194,13 +202,15 @@ class TrainConfig:
     #: Stop when validation mAP has not improved for this many epochs (0: never).
     early_stopping_patience: int = 10
     #: A registered loss (``trcgl losses`` lists them with their options): ``bce``, ``asl``,
-    #: ``db``, ``ldam``, ``ldam_drw``.
+    #: ``db``, ``ldam``, ``ldam_drw``, ``cb_margin`` (the authors' code's loss).
     loss: str = "db"
     #: Keyword options of that loss, e.g. ``{gamma_neg: 2}`` for ``asl``; checked against the
     #: loss's constructor. ``ldam_drw``'s ``drw_start_epoch`` defaults to 80 % of ``epochs``.
     loss_options: dict[str, Any] = field(default_factory=dict)
-    #: ``repeat_factor``: repeat-factor sampling (LVIS), as in the authors' code.
-    sampler: Literal["random", "repeat_factor"] = "repeat_factor"
+    #: ``repeat_factor``: repeat-factor sampling (LVIS, Gupta et al.) at ``repeat_threshold``
+    #: on the fraction of images with a class, stochastic rounding. ``authors``: their code's variant (share of all positive labels, threshold 0.01, at
+    #: most 10 integer repeats; :func:`trcgl.data.sampling.authors_repeat_factors`).
+    sampler: Literal["random", "repeat_factor", "authors"] = "repeat_factor"
     repeat_threshold: float = 0.001
     #: Loss weight of synthetic images in stage 2 (Table 4) and in stage 1 (authors: 0).
     w_syn: float = 0.5

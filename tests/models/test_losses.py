@@ -310,7 +310,9 @@ def test_factory_types_and_errors():
     }
     for name, cls in kinds.items():
         assert type(build_loss(name, COUNTS, N_TRAIN)) is cls
-    with pytest.raises(ValueError, match=r"unknown loss 'focal'.*asl, bce, db, ldam, ldam_drw"):
+    with pytest.raises(
+        ValueError, match=r"unknown loss 'focal'.*asl, bce, cb_margin, db, ldam, ldam_drw"
+    ):
         build_loss("focal", COUNTS, N_TRAIN)
     with pytest.raises(ValueError, match=r"does not take option\(s\) gamma_neg"):
         build_loss("bce", COUNTS, N_TRAIN, gamma_neg=2)

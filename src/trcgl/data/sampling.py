@@ -10,6 +10,9 @@ Large Vocabulary Instance Segmentation", CVPR 2019, §4 / appendix).
 more with probability ``r_i − ⌊r_i⌋`` (stochastic rounding, as detectron2's
 ``RepeatFactorTrainingSampler``), shuffles them, and optionally shards the list across
 distributed ranks. Each epoch's draw is a pure function of ``(seed, epoch)``.
+
+:func:`authors_repeat_factors` gives the authors' code's variant (``train.sampler=authors``):
+frequencies over all positive labels, threshold 0.01, a cap of 10 and integer repeats.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["RepeatFactorSampler", "class_repeat_factors", "repeat_factors"]
+__all__ = [
+    "RepeatFactorSampler",
+    "authors_repeat_factors",
+    "class_repeat_factors",
+    "repeat_factors",
+]
 
 
 def _positive_matrix(labels: np.ndarray) -> np.ndarray:
@@ -60,6 +68,29 @@ def repeat_factors(labels: np.ndarray, threshold: float = 0.001) -> np.ndarray:
     if per_label.shape[1] == 0:
         return np.ones(positive.shape[0], dtype=np.float64)
     return per_label.max(axis=1)
+
+
+def authors_repeat_factors(
+    labels: np.ndarray, threshold: float = 0.01, cap: float = 10.0
+) -> np.ndarray:
+    """The repeat factors of the authors' released code (docs/method.md §6), integers (N,):
+
+    f_c = n_c / Σ_c' n_c' (a class's share of all positive labels, not of the images);
+    r_c = max(1, √(threshold / f_c)); r_i = max over i's positive classes (1 if none),
+    clipped to [1, cap] and rounded (half to even, as Python's ``round``). With integer
+    factors :class:`RepeatFactorSampler` repeats each image exactly r_i times an epoch.
+    """
+    positive = _positive_matrix(labels)
+    counts = positive.sum(axis=0).astype(np.float64)
+    total = counts.sum()
+    if total == 0:
+        return np.ones(positive.shape[0], dtype=np.float64)
+    freq = counts / total
+    safe = np.where(freq > 0, freq, 1.0)
+    r_class = np.where(freq > 0, np.maximum(1.0, np.sqrt(threshold / safe)), 1.0)
+    per_label = np.where(positive, r_class[None, :], 1.0)
+    r = per_label.max(axis=1) if per_label.shape[1] else np.ones(positive.shape[0])
+    return np.rint(np.clip(r, 1.0, cap))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

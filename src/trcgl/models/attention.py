@@ -1,7 +1,8 @@
 """Channel-class attention of TRCGL-Net (Eq. 8–14).
 
 * :class:`ChannelReweighting`, Eq. 8–10: u = GAP(X); g = σ(W2 δ(W1 u)); X_r = X + s·X ⊙ g
-  (the paper's s = 1; the authors' code uses s = 0.05).
+  (the paper's s = 1; the authors' code uses s = 0.05, and 1×1 convolutions W1, W2 without
+  biases: ``bias=False``).
 * :class:`ClassSpatialAttention`, Eq. 12–13 and s_spatial: M = Conv1×1(X_r) ∈ R^{C×H×W};
   a_c = softmax over the H·W positions of M_c; v_c = Σ_p a_c(p) X_r(p);
   s_spatial,c = w_c·v_c + b_c. The maps a_c are the class decision regions of Fig. 4.
@@ -17,11 +18,13 @@ from torch import nn
 class ChannelReweighting(nn.Module):
     """Eq. 8–10, a squeeze-and-excitation gate added back residually."""
 
-    def __init__(self, channels: int, reduction: int = 16, scale: float = 1.0) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 16, scale: float = 1.0, bias: bool = True
+    ) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.fc1 = nn.Linear(channels, hidden)  # W1
-        self.fc2 = nn.Linear(hidden, channels)  # W2
+        self.fc1 = nn.Linear(channels, hidden, bias=bias)  # W1 (a 1×1 convolution on u)
+        self.fc2 = nn.Linear(hidden, channels, bias=bias)  # W2
         self.scale = scale
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,10 +41,14 @@ class ChannelReweighting(nn.Module):
 class ClassSpatialAttention(nn.Module):
     """Eq. 12–13: one softmax attention map per class, and a class-specific score."""
 
-    def __init__(self, channels: int, num_classes: int, class_weights: bool = True) -> None:
+    def __init__(
+        self, channels: int, num_classes: int, class_weights: bool = True, bias: bool = True
+    ) -> None:
         super().__init__()
-        # Eq. 12: M = Conv1×1(X_r), as a linear map over the channels of each position
-        self.score_maps = nn.Linear(channels, num_classes)
+        # Eq. 12: M = Conv1×1(X_r), as a linear map over the channels of each position (a bias
+        # is constant over positions, so the softmax a_c does not depend on it; the authors'
+        # code has none)
+        self.score_maps = nn.Linear(channels, num_classes, bias=bias)
         self.class_weights = class_weights
         if class_weights:  # s_spatial,c = w_c · v_c + b_c with its own w_c, b_c
             self.weight = nn.Parameter(torch.empty(num_classes, channels))

@@ -201,17 +201,19 @@ class FeatureMap(nn.Module):
     """φ(I): the backbone's feature map, through its own final norm when it has one.
 
     timm ConvNeXt(V2) keeps its last LayerNorm in the classifier head (``head.norm``); it is
-    pretrained with the backbone, so it is applied here to the map, before any head.
+    pretrained with the backbone, so it is applied here to the map, before any head. With
+    ``head_norm=False`` it is dropped (the map of ``forward_features``, as the authors' code
+    takes it, ``global_pool=""``).
     """
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head_norm: bool = True) -> None:
         super().__init__()
         self.body = backbone
         head = getattr(backbone, "head", None)
         norm = getattr(head, "norm", None)
         if isinstance(norm, nn.Module):
             head.norm = nn.Identity()  # moved here, so that it is held (and saved) once
-            self.norm = norm
+            self.norm = norm if head_norm else nn.Identity()
         else:
             self.norm = nn.Identity()
         self.num_features = int(backbone.num_features)

@@ -5,9 +5,10 @@ adjacency A of Eq. 20:
 
 * Eq. 21: E_1 = ReLU(A E_0 W_0);   Eq. 22: E_2 = A E_1 W_1 ∈ R^{C×D};
 * Eq. 23–24: g_r = GAP(X_r); s_label = g_r E_2ᵀ + b_g (``score="dot"``, the paper's);
-  ``score="cosine"``: the authors' code, cosine similarity of the L2-normalised g_r and E_2
-  rows, times a learnable scale (initialised to 10) — cosines in [−1, 1] would otherwise be
-  lost under α.
+  ``score="cosine"``: the authors' code (docs/method.md §6), s_label,c = cos(P g_r, E_2,c) + b_c
+  with P a learned D×D projection without bias, both sides L2-normalised, no temperature.
+
+``dropout`` (the authors' 0.1) acts on E_1 between the two graph convolutions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class LabelGCN(nn.Module):
         embed_dim: int = 300,
         hidden_dim: int = 1024,
         score: Literal["dot", "cosine"] = "dot",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c = adjacency.shape[0]
@@ -41,15 +43,16 @@ class LabelGCN(nn.Module):
         self.w1 = nn.Linear(hidden_dim, feature_dim, bias=False)  # W_1
         self.bias = nn.Parameter(torch.zeros(c))  # b_g
         self.score = score
+        self.dropout = nn.Dropout(dropout)
         if score == "cosine":
-            self.logit_scale = nn.Parameter(torch.tensor(10.0))
+            self.projection = nn.Linear(feature_dim, feature_dim, bias=False)  # P
         elif score != "dot":
             raise ValueError(f"score must be 'dot' or 'cosine', not {score!r}")
 
     def label_embeddings(self) -> torch.Tensor:
         """Eq. 21–22: E_2 = A ReLU(A E_0 W_0) W_1, C×D."""
         a = self.adjacency
-        e1 = F.relu(a @ self.w0(self.embeddings))
+        e1 = self.dropout(F.relu(a @ self.w0(self.embeddings)))
         return a @ self.w1(e1)
 
     def forward(self, g_r: torch.Tensor) -> torch.Tensor:
@@ -57,6 +60,5 @@ class LabelGCN(nn.Module):
         e2 = self.label_embeddings()
         if self.score == "dot":
             return g_r @ e2.t() + self.bias
-        return (
-            self.logit_scale * (F.normalize(g_r, dim=-1) @ F.normalize(e2, dim=-1).t()) + self.bias
-        )
+        projected = F.normalize(self.projection(g_r), dim=-1)
+        return projected @ F.normalize(e2, dim=-1).t() + self.bias

@@ -1,4 +1,5 @@
-"""Multi-label classification losses with per-sample weights (BCE, ASL, DB, LDAM / LDAM-DRW).
+"""Multi-label classification losses with per-sample weights (BCE, ASL, DB, LDAM / LDAM-DRW,
+and the authors' class-balanced margin loss).
 
 Every loss maps ``logits`` (B×C), ``targets`` (B×C, 0/1 floats) and optional per-sample
 ``weights`` (B,) to a scalar with one reduction, shared by all of them:
@@ -19,7 +20,9 @@ raised to a negative power, so no buffer holds ``inf`` or ``NaN``.
 :func:`build_loss` builds any of them by name from the training-set class counts; each is
 registered in :data:`trcgl.registry.LOSSES` (a new loss: its class here and one
 ``LOSSES.add`` line), and its keyword options can be set from ``train.loss_options``. All losses
-have ``set_epoch(epoch)`` (only LDAM-DRW uses it).
+have ``set_epoch(epoch)`` (only LDAM-DRW uses it). ``cb_margin``, the authors' loss, keeps
+their own reductions instead (a sum over classes, a plain batch mean):
+:class:`ClassBalancedMarginLoss`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "LOSSES",
     "AsymmetricLoss",
     "BCELoss",
+    "ClassBalancedMarginLoss",
     "DistributionBalancedLoss",
     "LDAMLoss",
     "LossSpec",
@@ -427,6 +431,55 @@ class LDAMLoss(MultiLabelLoss):
         return loss
 
 
+class ClassBalancedMarginLoss(MultiLabelLoss):
+    """The loss of the authors' released code (its class is called "DistributionBalancedLoss",
+    but it is not Wu et al.'s DB loss, which is ``db``; docs/method.md §6).
+
+    From the training counts n_c (clipped at 1): effective-number weights (Cui et al., CVPR
+    2019) e_c = (1 − β) / (1 − β^{n_c}), normalised to mean 1; w_c = e_c^power; a margin
+    m_c = max_margin · (u_c − min u) / (max u − min u + 1e-6) with u_c = 1 / (e_c + 1e-6), so
+    the most frequent classes get the largest margin; ℓ_ic = w_c · BCE(z_ic − y_ic m_c, y_ic).
+
+    Its reductions are the authors' too, not the shared ones of the module docstring: the
+    per-sample loss is the **sum** over classes, and the batch loss the **plain mean** of the
+    weighted per-sample losses, L = (1/B) Σ_i w_i l_i (so w_syn = 0.5 halves a synthetic
+    image's share instead of renormalising the batch).
+    """
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | np.ndarray,
+        beta: float = 0.9999,
+        power: float = 0.5,
+        max_margin: float = 0.2,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(num_classes)
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must lie in (0, 1), got {beta}")
+        if max_margin < 0:
+            raise ValueError(f"max_margin must be >= 0, got {max_margin}")
+        n = np.maximum(_counts_array(class_counts), 1.0)
+        e = (1.0 - beta) / (1.0 - np.power(beta, n))
+        e = e / e.mean()
+        u = 1.0 / (e + 1e-6)
+        margin = max_margin * (u - u.min()) / (u.max() - u.min() + 1e-6)
+        self.register_buffer("class_weights", torch.as_tensor(e**power, dtype=torch.float32))
+        self.register_buffer("margins", torch.as_tensor(margin, dtype=torch.float32))
+
+    def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        shifted = logits - targets * self.margins.to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(shifted, targets, reduction="none")
+        return bce * self.class_weights.to(logits.dtype)
+
+    def forward(self, logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+        """``(1/B) Σ_i w_i Σ_c ℓ_ic`` (the authors' reductions; see the class docstring)."""
+        per_sample = self.sample_losses(logits, targets) * logits.shape[1]  # mean → sum
+        if weights is not None:
+            per_sample = per_sample * weights.to(device=per_sample.device, dtype=per_sample.dtype)
+        return per_sample.mean() if per_sample.numel() else per_sample.sum()
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """A registered loss (a ``train.loss`` name): its class and the option defaults its name
@@ -475,6 +528,7 @@ LOSSES.add("asl", LossSpec(AsymmetricLoss))
 LOSSES.add("db", LossSpec(DistributionBalancedLoss))
 LOSSES.add("ldam", LossSpec(LDAMLoss))
 LOSSES.add("ldam_drw", LossSpec(LDAMLoss, {"drw_start_epoch": LDAM_DRW_DEFAULT_START_EPOCH}))
+LOSSES.add("cb_margin", LossSpec(ClassBalancedMarginLoss))
 
 
 def build_loss(

@@ -76,6 +76,9 @@ class TRCGLNet(Classifier):
             label_score=cfg.label_score,
             drop_rate=cfg.drop_rate,
             drop_path_rate=cfg.drop_path_rate,
+            feature_norm=cfg.feature_norm,
+            attention_bias=cfg.attention_bias,
+            gcn_dropout=cfg.gcn_dropout,
         )
 
     @property
@@ -108,20 +111,32 @@ class TRCGLNet(Classifier):
         label_score: Literal["dot", "cosine"] = "dot",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        feature_norm: Literal["head", "batchnorm"] = "head",
+        attention_bias: bool = True,
+        gcn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         classes = list(classes)
         self.resolved(classes=classes)
         c = len(classes)
-        self.features = FeatureMap(create_backbone(backbone, pretrained, drop_path_rate))
+        if feature_norm not in ("head", "batchnorm"):
+            raise ConfigError(f"feature_norm must be 'head' or 'batchnorm', not {feature_norm!r}")
+        body = create_backbone(backbone, pretrained, drop_path_rate)
+        self.features = FeatureMap(body, head_norm=feature_norm == "head")
         d = self.features.num_features
+        # The authors' BatchNorm2d on the map: a head parameter (it trains in warm-up too).
+        self.feature_norm = nn.BatchNorm2d(d) if feature_norm == "batchnorm" else nn.Identity()
         self.reweight = (
-            ChannelReweighting(d, reduction, reweight_scale) if channel_attention else None
+            ChannelReweighting(d, reduction, reweight_scale, attention_bias)
+            if channel_attention
+            else None
         )
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(d, c)  # Eq. 11
         self.spatial = (
-            ClassSpatialAttention(d, c, spatial_class_weights) if spatial_attention else None
+            ClassSpatialAttention(d, c, spatial_class_weights, attention_bias)
+            if spatial_attention
+            else None
         )
         self.lam = lam
         self.alpha = alpha
@@ -140,7 +155,7 @@ class TRCGLNet(Classifier):
                     "graph from the same manifest (trcgl prepare) or pass matching classes"
                 )
             adjacency = torch.from_numpy(np.asarray(graph.adjacency, dtype=np.float32))
-            self.gcn = LabelGCN(adjacency, d, embed_dim, hidden_dim, label_score)
+            self.gcn = LabelGCN(adjacency, d, embed_dim, hidden_dim, label_score, gcn_dropout)
 
     # -- parameters -----------------------------------------------------------------------
 
@@ -150,7 +165,7 @@ class TRCGLNet(Classifier):
     # -- forward --------------------------------------------------------------------------
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images)  # Eq. 7
+        return self.feature_norm(self.features(images))  # Eq. 7
 
     def forward_head(
         self, x: torch.Tensor, return_attention: bool = False

@@ -37,7 +37,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from trcgl.config import Config
-from trcgl.data.sampling import RepeatFactorSampler, repeat_factors
+from trcgl.data.sampling import RepeatFactorSampler, authors_repeat_factors, repeat_factors
 from trcgl.data.transforms import reseed_transforms, worker_init_fn
 from trcgl.errors import TrcglError
 from trcgl.evaluation.metrics import MetricsReport, evaluate
@@ -158,11 +158,12 @@ class Trainer:
         self.loss_fn = build_loss(
             t.loss, counts, int((~self.is_synthetic.numpy()).sum()), **options
         )
-        self.factors = (
-            repeat_factors(labels, t.repeat_threshold)
-            if t.sampler == "repeat_factor"
-            else np.ones(len(labels))
-        )
+        if t.sampler == "repeat_factor":
+            self.factors = repeat_factors(labels, t.repeat_threshold)
+        elif t.sampler == "authors":
+            self.factors = authors_repeat_factors(labels)
+        else:
+            self.factors = np.ones(len(labels))
         empty = [
             c
             for c, n in zip(
