@@ -5,6 +5,7 @@ to 1e-5, in train and eval mode."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,3 +175,48 @@ def test_the_authors_sampler_repeats_each_image_a_whole_number_of_times(padchest
     for epoch in (0, 1):
         counts = np.bincount(sampler.epoch_indices(epoch), minlength=len(y))
         assert counts.tolist() == want
+
+
+def test_the_authors_preset_trains_end_to_end_on_real_nih_images(prepared, tmp_path):
+    """-c nih-demo -c authors: prepare with the authors' graph, build their model and loss,
+    train (tiny), evaluate with F1@0.2 and empty classes counted."""
+    from tests.conftest import TINY_TRAIN
+    from trcgl.config import load_config
+    from trcgl.models.base import load_model
+    from trcgl.models.losses import ClassBalancedMarginLoss
+    from trcgl.stages.evaluate import evaluate_run
+    from trcgl.stages.prepare import prepare
+    from trcgl.stages.train import trainer_for_run
+
+    _, overrides = prepared
+    cfg = load_config(["nih-demo", "authors"], [*overrides, *TINY_TRAIN, "diffusion.enabled=false"])
+    assert cfg.name == "nih-demo-authors" and cfg.graph.formula == "authors"
+    run = tmp_path / "run"
+    prepare(cfg, run, progress=False)
+    graph = LabelGraph.load(run / "label_graph.safetensors")
+    np.testing.assert_allclose(
+        graph.adjacency,
+        LabelGraph.from_labels(
+            np.asarray(
+                __import__("pandas")
+                .read_parquet(run / "manifest.parquet")
+                .query("split == 'train'")[list(graph.classes)]
+            ),
+            graph.classes,
+            0.02,
+            "authors",
+        ).adjacency,
+        atol=1e-6,
+    )
+    trainer = trainer_for_run(cfg, run, progress=False)
+    assert isinstance(trainer.loss_fn, ClassBalancedMarginLoss)
+    assert set(np.unique(trainer.factors)) <= set(range(1, 11))
+    result = trainer.fit()
+    assert result["steps"] > 0
+    model = load_model(run / "model")
+    assert isinstance(model.feature_norm, torch.nn.BatchNorm2d)
+    assert model.gcn.score == "cosine" and model.reweight.fc1.bias is None
+    ev = evaluate_run(run, bootstrap_resamples=0)
+    assert "macro_F1@0.2" in ev.report.summary["overall"]
+    overall = ev.report.summary["overall"]
+    assert overall["n_classes"] == len(model.classes)  # empty classes counted, as theirs
