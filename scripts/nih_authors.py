@@ -42,12 +42,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=7)
     args = ap.parse_args()
+    # one image cache outside the run folders, which are copies of a prepared run
+    same = [*SAME, f"images.cache_dir={(args.out / 'cache').absolute()}"]
     rows = []
     for name, presets in MODELS.items():
         base = args.out / f"prepared-{len(presets)}"
-        prepare(load_config(["nih-demo", *presets], [*overrides(args.epochs, 0), *SAME]), base)
+        prepare(load_config(["nih-demo", *presets], [*overrides(args.epochs, 0), *same]), base)
         for seed in args.seeds:
-            cfg = load_config(["nih-demo", *presets], [*overrides(args.epochs, seed), *SAME])
+            cfg = load_config(["nih-demo", *presets], [*overrides(args.epochs, seed), *same])
             run = args.out / f"{cfg.name}-seed{seed}"
             if not run.exists():
                 shutil.copytree(base, run, ignore=shutil.ignore_patterns("cache"))

@@ -60,11 +60,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=7)
     args = ap.parse_args()
     base = args.out / "prepared"
-    prepare(load_config("nih-demo", overrides(args.epochs, 0)), base)
+    # one image cache outside the run folders, which are copies of the prepared run
+    cache = [f"images.cache_dir={(args.out / 'cache').absolute()}"]
+    prepare(load_config("nih-demo", [*overrides(args.epochs, 0), *cache]), base)
     rows = []
     for seed in args.seeds:
         for name, model_args in MODELS.items():
-            cfg = load_config("nih-demo", [*overrides(args.epochs, seed), *model_args])
+            cfg = load_config("nih-demo", [*overrides(args.epochs, seed), *cache, *model_args])
             run = args.out / f"{cfg.model.architecture}-seed{seed}"
             if not run.exists():
                 shutil.copytree(base, run, ignore=shutil.ignore_patterns("cache"))

@@ -208,8 +208,9 @@ class TrainConfig:
     #: loss's constructor. ``ldam_drw``'s ``drw_start_epoch`` defaults to 80 % of ``epochs``.
     loss_options: dict[str, Any] = field(default_factory=dict)
     #: ``repeat_factor``: repeat-factor sampling (LVIS, Gupta et al.) at ``repeat_threshold``
-    #: on the fraction of images with a class, stochastic rounding. ``authors``: their code's variant (share of all positive labels, threshold 0.01, at
-    #: most 10 integer repeats; :func:`trcgl.data.sampling.authors_repeat_factors`).
+    #: on the fraction of images with a class, stochastic rounding. ``authors``: their code's
+    #: variant (share of all positive labels, threshold 0.01, at most 10 integer repeats;
+    #: :func:`trcgl.data.sampling.authors_repeat_factors`).
     sampler: Literal["random", "repeat_factor", "authors"] = "repeat_factor"
     repeat_threshold: float = 0.001
     #: Loss weight of synthetic images in stage 2 (Table 4) and in stage 1 (authors: 0).

@@ -197,6 +197,9 @@ def evaluate_run(
             "seed": seed,
             "level": LEVEL,
             "patients": int(rows["patient_id"].nunique()),
+            # A class without positives in a resample is left out of that resample's means,
+            # whatever evaluate.empty_classes says for the point estimates.
+            "empty_classes": "exclude",
         }
     if located is not None:
         method, table, overall = located
