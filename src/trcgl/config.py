@@ -194,8 +194,20 @@ class TrainConfig:
     head_weight_decay: float = 0.05
     #: Linear learning-rate warm-up at the start of stage 2 (epochs), then cosine decay.
     lr_warmup_epochs: float = 5
+    #: The stage-2 schedule's unit: every optimiser ``step`` (default) or once an ``epoch``
+    #: (the authors' code), and its floor as a fraction of the base rate (theirs: 0.01).
+    lr_schedule: Literal["step", "epoch"] = "step"
+    min_lr_ratio: float = 0.0
+    #: AdamW's eps (the authors': 1e-5) and stage 1's weight decay (``null``: head_weight_decay;
+    #: the authors': 0.01).
+    adam_eps: float = 1e-8
+    warmup_weight_decay: float | None = None
     #: Exponential moving average of the weights (0 turns it off); evaluation uses it.
     ema_decay: float = 0.9999
+    #: When the EMA starts (``warmup``: with stage 1; ``finetune``: with stage 2, as the
+    #: authors' code), and whether its decay warms up (timm's ``use_warmup``; theirs: no).
+    ema_start: Literal["warmup", "finetune"] = "warmup"
+    ema_warmup: bool = True
     grad_clip: float = 1.0
     #: ``auto``: bf16 on a GPU that supports it, else fp16 on GPU, none on CPU.
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
@@ -434,6 +446,8 @@ class Config:
         if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
             raise ConfigError("train.max_steps_per_epoch must be >= 1 or null")
         check_trackers(t.log_with)
+        if not 0 <= t.min_lr_ratio <= 1 or t.adam_eps <= 0:
+            raise ConfigError("train.min_lr_ratio must lie in [0, 1] and train.adam_eps be > 0")
         bad = [v for v in self.evaluate.f1_thresholds if not 0 < float(v) < 1]
         if bad:
             raise ConfigError(f"evaluate.f1_thresholds must lie in (0, 1), got {bad}")

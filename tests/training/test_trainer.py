@@ -179,3 +179,46 @@ def test_two_process_data_parallel_training_with_gloo(prepared, tmp_path):
     # each rank took 3 steps per epoch on its own shard
     assert json.loads((run / "train.json").read_text())["steps"] == 9
     assert load_model(run / "model").classes[0] == "Atelectasis"
+
+
+def test_the_authors_schedule_and_ema_resume_exactly(prepared, tmp_path, monkeypatch):
+    """lr per epoch with a floor, AdamW eps, stage-1 weight decay, and an EMA that starts with
+    stage 2: a run killed after its warm-up epoch (no EMA in that checkpoint yet) resumes into
+    exactly the uninterrupted run."""
+    from trcgl.training.schedule import cosine_with_warmup
+
+    run, overrides = prepared
+    authors = [
+        "train.lr_schedule=epoch",
+        "train.min_lr_ratio=0.01",
+        "train.lr_warmup_epochs=0",
+        "train.adam_eps=1e-5",
+        "train.warmup_weight_decay=0.01",
+        "train.ema_start=finetune",
+        "train.ema_warmup=false",
+        "diffusion.enabled=false",
+    ]
+    cfg = load_config("nih-demo", [*overrides, *authors])
+    full = _copy(run, tmp_path / "full")
+    train(cfg, full, progress=False)
+    assert (full / "checkpoints" / "epoch-0002" / "ema.safetensors").is_file()
+    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    head_lr = cfg.train.head_lr
+    for r in records[1:]:  # one rate per stage-2 epoch: 1 % floor + cosine over 2 epochs
+        e = r["epoch"] - cfg.train.warmup_epochs
+        assert r["lr_head"] == pytest.approx(head_lr * cosine_with_warmup(e, 0, 2, 0.01))
+    assert cosine_with_warmup(2, 0, 2, 0.01) == pytest.approx(0.01)
+
+    killed = _copy(run, tmp_path / "killed")
+    with killed_after_checkpoint(monkeypatch, trainer_module, "save_checkpoint", at=0):
+        train(cfg, killed, progress=False)
+    stage1 = killed / "checkpoints" / "epoch-0000"
+    assert stage1.is_dir() and not (stage1 / "ema.safetensors").exists()  # no EMA in warm-up
+    train(cfg, killed, progress=False)
+    a = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
+    b = json.loads((killed / "metrics.jsonl").read_text().splitlines()[-1])
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    trainer = trainer_for_run(cfg, _copy(run, tmp_path / "opt"), progress=False)
+    stage1 = trainer._optimizer(1)
+    assert stage1.defaults["eps"] == 1e-5 and stage1.param_groups[0]["weight_decay"] == 0.01

@@ -212,12 +212,19 @@ class Trainer:
             drop_last=len(sampler) > t.batch_size,
         )
 
+    def _new_ema(self, model: torch.nn.Module) -> torch.nn.Module:
+        from timm.utils import ModelEmaV3
+
+        t = self.cfg.train
+        return ModelEmaV3(model, decay=t.ema_decay, use_warmup=t.ema_warmup)
+
     def _optimizer(self, stage: int) -> torch.optim.Optimizer:
         t, model = self.cfg.train, self.model
         if stage == 1:
             model.freeze_backbone(True)
             head = [p for p in model.head_parameters() if p.requires_grad]
-            groups = [{"params": head, "lr": t.warmup_lr, "weight_decay": t.head_weight_decay}]
+            decay = t.head_weight_decay if t.warmup_weight_decay is None else t.warmup_weight_decay
+            groups = [{"params": head, "lr": t.warmup_lr, "weight_decay": decay}]
         else:
             model.freeze_backbone(False)
             groups = [
@@ -234,7 +241,7 @@ class Trainer:
             ]
         for g in groups:
             g["base_lr"] = g["lr"]
-        return torch.optim.AdamW(groups)
+        return torch.optim.AdamW(groups, eps=t.adam_eps)
 
     def _steps_per_epoch(self) -> int:
         n = len(self._train_loader(0))
@@ -306,14 +313,16 @@ class Trainer:
                 stage = stage_of(epoch, cfg)
                 model = acc.unwrap_model(model)
                 optimizer = self._optimizer(stage)
-                if self.ema is None and t.ema_decay > 0:
-                    from timm.utils import ModelEmaV3
-
-                    self.ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True)
                 if resume is not None:
                     same_stage = resume_state["stage"] == stage
-                    load_checkpoint(resume, model, optimizer if same_stage else None, self.ema)
+                    saved_ema = (resume / "ema.safetensors").is_file()
+                    if saved_ema and self.ema is None:
+                        self.ema = self._new_ema(model)  # its state comes from the checkpoint
+                    ema = self.ema if saved_ema else None
+                    load_checkpoint(resume, model, optimizer if same_stage else None, ema)
                     resume = None
+                if self.ema is None and t.ema_decay > 0 and (t.ema_start == "warmup" or stage == 2):
+                    self.ema = self._new_ema(model)  # from the weights trained so far
                 model, optimizer = acc.prepare(model, optimizer)
             loader = self._train_loader(epoch)
             w_syn = t.w_syn_warmup if stage == 1 else t.w_syn
@@ -328,11 +337,19 @@ class Trainer:
                 weights = batch["weight"].to(acc.device).clone()
                 syn = self.is_synthetic[batch["index"]].to(acc.device)
                 weights[syn] = w_syn
-                if stage == 2:
+                if stage == 2 and t.lr_schedule == "epoch":
+                    factor = cosine_with_warmup(
+                        epoch - t.warmup_epochs,
+                        round(t.lr_warmup_epochs),
+                        t.epochs,
+                        t.min_lr_ratio,
+                    )
+                elif stage == 2:
                     factor = cosine_with_warmup(
                         self.state.step - self._stage1_steps(steps_per_epoch),
                         warmup_steps,
                         stage2_steps,
+                        t.min_lr_ratio,
                     )
                 else:
                     factor = 1.0
