@@ -63,6 +63,7 @@ def test_evaluate_gives_patient_bootstrap_intervals(evaluated):
         "seed": 0,
         "level": 0.95,
         "patients": val["patient_id"].nunique(),
+        "empty_classes": "exclude",
     }
     for subset, stats in metrics["intervals"].items():
         low, high = stats["mAP"]
