@@ -33,8 +33,9 @@ def graph() -> LabelGraph:
     return LabelGraph.from_labels(y, CLASSES, 0.02, formula="authors")
 
 
-def authors_head(m: TRCGLNet, x: torch.Tensor, train: bool, seed: int) -> torch.Tensor:
-    """docs/method.md §6, "Head" and "Label branch", with m's weights as plain tensors."""
+def authors_head(m: TRCGLNet, x: torch.Tensor, train: bool, seed: int | None) -> torch.Tensor:
+    """docs/method.md §6, "Head" and "Label branch", with m's weights as plain tensors; the
+    GCN dropout draws after ``torch.manual_seed(seed)`` (``None``: from the current state)."""
     d = x.shape[1]
     w1, w2 = m.reweight.fc1.weight, m.reweight.fc2.weight  # 1×1 convolutions, no biases
     u = x.mean(dim=(2, 3))
@@ -51,7 +52,8 @@ def authors_head(m: TRCGLNet, x: torch.Tensor, train: bool, seed: int) -> torch.
     adj = m.gcn.adjacency
     e0, w_0, w_1 = m.gcn.embeddings, m.gcn.w0.weight, m.gcn.w1.weight
     e1 = F.relu(adj @ (e0 @ w_0.t()))
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     e1 = F.dropout(e1, 0.1, training=train)
     e2 = adj @ (e1 @ w_1.t())  # C×D
     g_r = x_r.mean(dim=(2, 3))
@@ -210,3 +212,31 @@ def test_the_authors_preset_trains_end_to_end_on_real_nih_images(prepared, tmp_p
     assert "macro_F1@0.2" in ev.report.summary["overall"]
     overall = ev.report.summary["overall"]
     assert overall["n_classes"] == len(model.classes)  # empty classes counted, as theirs
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_the_whole_authors_preset_forward_pass(graph, train):
+    """The model `-c authors` builds (small backbone) against an independent composition of
+    §6's formulas: forward_features of the timm body, BatchNorm2d, then the authors' head."""
+    from trcgl.config import load_config
+    from trcgl.models.build import build_model
+
+    cfg = load_config(
+        ["nih-demo", "authors"], ["model.backbone=convnextv2_atto", "model.pretrained=null"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model, CLASSES, graph)
+    assert isinstance(model, TRCGLNet)
+    bn = model.feature_norm
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    model.train(train)
+    images = torch.randn(3, 3, 64, 64)
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    torch.manual_seed(11)
+    ours = model(images)["logits"]
+    torch.manual_seed(11)  # the same draws: stochastic depth (drop_path 0.2), then GCN dropout
+    raw = model.features.body.forward_features(images)
+    x = F.batch_norm(raw, *stats, bn.weight, bn.bias, training=train, momentum=0.0, eps=bn.eps)
+    theirs = authors_head(model, x, train, seed=None)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
