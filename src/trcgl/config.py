@@ -202,6 +202,9 @@ class TrainConfig:
     #: the authors': 0.01).
     adam_eps: float = 1e-8
     warmup_weight_decay: float | None = None
+    #: Recompute the backbone's activations in the backward pass (timm / open_clip
+    #: ``set_grad_checkpointing``): less memory for large backbones and images, same gradients.
+    gradient_checkpointing: bool = False
     #: Exponential moving average of the weights (0 turns it off); evaluation uses it.
     ema_decay: float = 0.9999
     #: When the EMA starts (``warmup``: with stage 1; ``finetune``: with stage 2, as the

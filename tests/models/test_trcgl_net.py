@@ -159,3 +159,29 @@ def test_hub_weights_offline_give_a_clear_error(monkeypatch):
         create_backbone("convnextv2_atto", "hub")
     with pytest.raises(ConfigError, match="unknown timm backbone"):
         create_backbone("convnextv2_gigantic")
+
+
+@pytest.mark.parametrize("architecture", ["trcgl_net", "timm", "clip"])
+def test_gradient_checkpointing_gives_the_same_gradients(graph, architecture):
+    from trcgl.models.baselines import CLIPClassifier, TimmClassifier
+
+    def build():
+        torch.manual_seed(0)
+        if architecture == "trcgl_net":
+            return _model(graph)
+        if architecture == "timm":
+            return TimmClassifier(classes=CLASSES, backbone="convnextv2_atto")
+        return CLIPClassifier(classes=CLASSES, arch="ViT-B-32", image_size=64)
+
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for checkpointing in (False, True):
+        model = build().train()
+        if checkpointing:
+            model.set_grad_checkpointing(True)
+            assert any(getattr(m, "grad_checkpointing", False) is True for m in model.modules())
+        model(x)["logits"].square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)

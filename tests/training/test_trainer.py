@@ -222,3 +222,11 @@ def test_the_authors_schedule_and_ema_resume_exactly(prepared, tmp_path, monkeyp
     trainer = trainer_for_run(cfg, _copy(run, tmp_path / "opt"), progress=False)
     stage1 = trainer._optimizer(1)
     assert stage1.defaults["eps"] == 1e-5 and stage1.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_gradient_checkpointing_reaches_the_backbone(prepared, tmp_path):
+    run, overrides = prepared
+    cfg = load_config("nih-demo", [*overrides, "train.gradient_checkpointing=true"])
+    trainer = trainer_for_run(cfg, _copy(run, tmp_path / "run"), progress=False)
+    stages = trainer.model.features.body.stages
+    assert all(stage.grad_checkpointing for stage in stages)

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trcgl.errors import DataError
+from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_path, atomic_write_text
 from trcgl.registry import ARCHITECTURES
 
@@ -222,6 +222,16 @@ class Classifier(nn.Module):
     def head_parameters(self) -> Iterator[nn.Parameter]:
         backbone = {id(p) for p in self.backbone_parameters()}
         return (p for p in self.parameters() if id(p) not in backbone)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's activations in the backward pass instead of keeping them
+        (less memory, about a third more compute; the gradients are the same). Every timm and
+        open_clip backbone here supports it (``set_grad_checkpointing``)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_grad_checkpointing"):
+                module.set_grad_checkpointing(enable)
+                return
+        raise ConfigError(f"{self.architecture}: its backbone has no gradient checkpointing")
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         """Stop (or restart) gradients to the backbone (warm-up stage)."""

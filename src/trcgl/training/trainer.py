@@ -122,6 +122,8 @@ class Trainer:
         self.model = build_model(
             config.model, self.data.manifest.classes, self.data.graph, self.data.image_size
         )
+        if t.gradient_checkpointing:
+            self.model.set_grad_checkpointing(True)
         mean, std = self.model.normalization
         self.model.preprocessing = {
             "image_size": self.data.image_size,
