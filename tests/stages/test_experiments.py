@@ -83,12 +83,18 @@ def test_table1_subset_with_small_backbones(prepared, tmp_path):
         cfg,
         copy,
         "table1",
-        extra=["model.backbone=convnextv2_atto", "model.pretrained=null"],
+        extra=[
+            "model.backbone=convnextv2_atto",
+            "model.pretrained=null",
+            "evaluate.f1_thresholds=[0.5, 0.2]",
+        ],
         only=["ConvNeXt", "ConvNeXt + CSRA"],
         progress=False,
         log=lambda line: None,
     )
     assert list(result.frame["method"]) == ["ConvNeXt", "ConvNeXt + CSRA"]
+    assert list(result.frame.columns[:5]) == ["method", "mAP", "mAUC", "F1", "F1@0.2"]
+    assert result.frame["F1@0.2"].between(0, 1).all()
     assert not any(c.endswith("(paper)") for c in result.frame.columns)  # NIH, not PadChest
     models = copy.glob("experiments/*/model/config.json")
     archs = [json.loads(p.read_text())["architecture"] for p in models]
@@ -121,6 +127,13 @@ def test_paper_numbers_stand_beside_ours_on_padchest():
     assert frame.loc[0, "mAP (paper)"] == PAPER["TRCGL-Net"]["mAP"] == 0.4408
     assert math.isnan(frame.loc[1, "mAP (paper)"])  # no ResNet-50 number in docs/method.md
     assert "F1 (tuned thr.) (paper)" not in frame  # the paper has none: column dropped
+    # evaluated at the authors' 0.2 too: F1@0.2 beside F1, the paper's F1 beside F1@0.2
+    rows = [(variants["TRCGL-Net"], {"mAP": 0.3, "F1": 0.1, "F1@0.2": 0.4})]
+    frame = table_frame("table1", rows, paper=True)
+    columns = [c for c in frame.columns if not c.endswith("(paper)")]
+    assert columns[:5] == ["method", "mAP", "mAUC", "F1", "F1@0.2"]
+    assert frame.loc[0, "F1@0.2 (paper)"] == PAPER["TRCGL-Net"]["F1"]
+    assert "F1 (paper)" not in frame
 
 
 def test_seeds_give_mean_and_sd_over_training_seeds(table5, tmp_path):

@@ -80,6 +80,9 @@ PAPER: dict[str, dict[str, float]] = {
     },
 }
 FULL = "TRCGL-Net"
+#: Our column → the paper's number it is compared with: the paper's F1 is the authors' code's
+#: macro-F1 at 0.2 (docs/method.md §6), so it stands beside F1@0.2 where that was evaluated.
+PAPER_COLUMN = {"F1@0.2": "F1"}
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,9 @@ def _group_metrics(summary: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     overall = summary["overall"]
     out["mAP"], out["mAUC"], out["F1"] = overall["mAP"], overall["mAUC"], overall["macro_F1"]
+    for key in overall:  # F1 at further fixed thresholds (evaluate.f1_thresholds), e.g. 0.2
+        if key.startswith("macro_F1@"):
+            out[f"F1@{key[9:]}"] = overall[key]
     if overall.get("macro_F1_tuned") is not None:
         out["F1 (tuned thr.)"] = overall["macro_F1_tuned"]
     for g in ("head", "medium", "tail"):
@@ -201,15 +207,22 @@ def table_frame(
     table: str, rows: list[tuple[Variant, dict[str, float]]], paper: bool
 ) -> pd.DataFrame:
     """The table in the paper's layout; with ``paper``, its numbers beside ours."""
+    fixed = sorted({k for _, m in rows for k in m if k.startswith("F1@")}, key=lambda k: k[3:])
+    layout = list(LAYOUT[table])
+    if "F1" in layout:  # the authors' F1@0.2 beside F1 (at 0.5), where it was evaluated
+        at = layout.index("F1") + 1
+        layout[at:at] = fixed
     records = []
     for variant, metrics in rows:
         record: dict[str, Any] = {"method": variant.name}
         for key, value in variant.columns.items():
             record[key] = ("✓" if value else "✗") if isinstance(value, bool) else value
-        for col in LAYOUT[table]:
+        for col in layout:
             record[col] = metrics.get(col, math.nan)
             if paper:
-                ref = PAPER.get(variant.paper or "", {}).get(col)
+                ref = PAPER.get(variant.paper or "", {}).get(PAPER_COLUMN.get(col, col))
+                if col == "F1" and "F1@0.2" in layout:
+                    ref = None  # the paper's F1 stands beside F1@0.2, its threshold
                 record[f"{col} (paper)"] = math.nan if ref is None else ref
         records.append(record)
     frame = pd.DataFrame(records)
@@ -232,7 +245,8 @@ def _over_seeds(per_seed: list[dict[str, float]]) -> tuple[dict[str, float], dic
 
 def _add_spread(frame: pd.DataFrame, table: str, spreads: list[dict[str, float]]) -> None:
     """A ``<metric> sd`` column after each of the table's metric columns."""
-    for col in reversed(LAYOUT[table]):
+    metrics = [c for c in frame.columns if c in LAYOUT[table] or c.startswith("F1@")]
+    for col in reversed(metrics):
         frame.insert(
             frame.columns.get_loc(col) + 1,
             f"{col} sd",
@@ -421,6 +435,10 @@ def run_experiment(
         )
     else:
         note = f"\n{cfg.name}, {split} split, one seed. F1 at 0.5"
+    for col in [c for c in frame.columns if c.startswith("F1@") and " " not in c]:
+        note += f"; {col} at the fixed threshold {col[3:]}"
+        if col == "F1@0.2" and cfg.data.format == "padchest":
+            note += " (the paper's F1, from the authors' code, stands beside it)"
     if "F1 (tuned thr.)" in frame:
         note += "; F1 (tuned thr.) at per-class thresholds tuned on the validation split" + (
             " (optimistic here)" if split == "val" else ""
