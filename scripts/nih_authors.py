@@ -20,13 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nih_comparison import overrides
+from nih_comparison import overrides, result_row, write_results
 
 from trcgl.config import load_config
-from trcgl.evaluation.tables import markdown
 from trcgl.stages.evaluate import evaluate_run
 from trcgl.stages.prepare import prepare
 from trcgl.stages.train import train
@@ -56,28 +53,13 @@ def main() -> None:
             started = time.time()
             train(cfg, run, progress=False)
             ev = evaluate_run(run, split="val", num_workers=2, f1_thresholds=[0.5, 0.2])
-            s = ev.report.summary
-            rows.append(
-                {
-                    "model": name,
-                    "seed": seed,
-                    "mAP": s["overall"]["mAP"],
-                    "mAUC": s["overall"]["mAUC"],
-                    "F1": s["overall"]["macro_F1"],
-                    "F1@0.2": s["overall"]["macro_F1@0.2"],
-                    "tail mAP": s["tail"]["mAP"],
-                    "tail mAUC": s["tail"]["mAUC"],
-                    "minutes": (time.time() - started) / 60,
-                }
-            )
+            rows.append(result_row(name, seed, ev.report.summary, started, f1_at=[0.2]))
             print(rows[-1], flush=True)
-    frame = pd.DataFrame(rows)
-    frame.to_csv(args.out / "results.csv", index=False)
-    metrics = ["mAP", "mAUC", "F1", "F1@0.2", "tail mAP", "tail mAUC"]
-    agg = frame.groupby("model", sort=False)[metrics].agg(["mean", "std"])
-    lines = [
-        "# The authors' code vs the paper's form on the vendored NIH sample",
-        "",
+    write_results(
+        rows,
+        args.out,
+        DOC,
+        "The authors' code vs the paper's form on the vendored NIH sample",
         f"Produced by `python scripts/nih_authors.py` (seeds {args.seeds}): the budget of "
         f"docs/nih-comparison.md (128 px, `convnextv2_atto` from random initialisation, 1 + "
         f"{args.epochs} epochs, batch 32, real images only, the same patient split), once as the "
@@ -85,16 +67,7 @@ def main() -> None:
         "Validation split; F1 at 0.5 and at the authors' 0.2 (the empty-class rule does not "
         "matter here: every class has validation positives). Mean ± sample sd over seeds; "
         "`minutes` is wall time on a shared 2-core machine.",
-        "",
-        "| model | " + " | ".join(metrics) + " |",
-        "|---|" + "---:|" * len(metrics),
-    ]
-    for model, row in agg.iterrows():
-        cells = [f"{row[(m, 'mean')]:.4f} ± {row[(m, 'std')]:.4f}" for m in metrics]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed:", "", markdown(frame.to_dict("records"))]
-    DOC.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    )
 
 
 if __name__ == "__main__":

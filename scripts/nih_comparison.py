@@ -53,6 +53,41 @@ def overrides(epochs: int, seed: int) -> list[str]:
     ]
 
 
+def result_row(name: str, seed: int, summary: dict, started: float, f1_at=()) -> dict:
+    """One table row: the overall and tail metrics of an evaluation, and the minutes since
+    ``started``."""
+    overall, tail = summary["overall"], summary["tail"]
+    row = {"model": name, "seed": seed, "mAP": overall["mAP"], "mAUC": overall["mAUC"]}
+    row["F1"] = overall["macro_F1"]
+    for t in f1_at:
+        row[f"F1@{t:g}"] = overall[f"macro_F1@{t:g}"]
+    row.update({"tail mAP": tail["mAP"], "tail mAUC": tail["mAUC"]})
+    row["minutes"] = (time.time() - started) / 60
+    return row
+
+
+def write_results(rows: list[dict], out: Path, doc: Path, title: str, text: str) -> None:
+    """``out/results.csv`` and ``doc``: mean ± sample sd per model, then every seed."""
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out / "results.csv", index=False)
+    metrics = [c for c in frame.columns if c not in ("model", "seed", "minutes")]
+    agg = frame.groupby("model", sort=False)[metrics].agg(["mean", "std"])
+    lines = [
+        f"# {title}",
+        "",
+        text,
+        "",
+        "| model | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for model, row in agg.iterrows():
+        cells = [f"{row[(m, 'mean')]:.4f} ± {row[(m, 'std')]:.4f}" for m in metrics]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "Per seed:", "", markdown(frame.to_dict("records"))]
+    doc.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", type=Path, default=Path("runs/nih-comparison"))
@@ -73,27 +108,13 @@ def main() -> None:
             started = time.time()
             train(cfg, run, progress=False)
             ev = evaluate_run(run, split="val", num_workers=2)
-            s = ev.report.summary
-            rows.append(
-                {
-                    "model": name,
-                    "seed": seed,
-                    "mAP": s["overall"]["mAP"],
-                    "mAUC": s["overall"]["mAUC"],
-                    "F1": s["overall"]["macro_F1"],
-                    "tail mAP": s["tail"]["mAP"],
-                    "tail mAUC": s["tail"]["mAUC"],
-                    "minutes": (time.time() - started) / 60,
-                }
-            )
+            rows.append(result_row(name, seed, ev.report.summary, started))
             print(rows[-1], flush=True)
-    frame = pd.DataFrame(rows)
-    frame.to_csv(args.out / "results.csv", index=False)
-    metrics = ["mAP", "mAUC", "F1", "tail mAP", "tail mAUC"]
-    agg = frame.groupby("model", sort=False)[metrics].agg(["mean", "std"])
-    lines = [
-        "# TRCGL-Net vs ConvNeXtV2 linear head on the vendored NIH sample",
-        "",
+    write_results(
+        rows,
+        args.out,
+        DOC,
+        "TRCGL-Net vs ConvNeXtV2 linear head on the vendored NIH sample",
         f"Produced by `python scripts/nih_comparison.py` (seeds {args.seeds}). Real NIH "
         "ChestX-ray14 images shipped with trcgl (1,819 training / 460 validation images, "
         "patient-level split, 15 classes), 128 px, `convnextv2_atto` from random "
@@ -104,16 +125,7 @@ def main() -> None:
         "trained from scratch for minutes on 1,819 small images; the paper fine-tunes ImageNet "
         "weights on 160k PadChest images); the comparison is what it measures. `minutes` is "
         "wall time on a shared 2-core machine.",
-        "",
-        "| model | " + " | ".join(metrics) + " |",
-        "|---|" + "---:|" * len(metrics),
-    ]
-    for model, row in agg.iterrows():
-        cells = [f"{row[(m, 'mean')]:.4f} ± {row[(m, 'std')]:.4f}" for m in metrics]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed:", "", markdown(frame.to_dict("records"))]
-    DOC.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    )
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ def evaluate_run(
     def probabilities(which: str) -> tuple[np.ndarray, np.ndarray]:
         return predict_dataset(model, inputs(which), batch_size, num_workers, device)
 
-    probs, labels = probabilities(split)
+    evaluated = inputs(split)  # also the localisation's inputs below
+    probs, labels = predict_dataset(model, evaluated, batch_size, num_workers, device)
     val_probs, val_labels = (probs, labels) if split == "val" else probabilities("val")
     thresholds = tune_thresholds(val_labels, val_probs)
     temperature = fit_temperature(val_labels, val_probs)
@@ -155,7 +156,7 @@ def evaluate_run(
     if (run / BOXES).is_file():
         pairs = localise(
             model,
-            inputs(split),
+            evaluated,
             rows["image_id"].astype(str).tolist(),
             load_boxes(run / BOXES),
             batch_size=batch_size,
