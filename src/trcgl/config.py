@@ -178,6 +178,26 @@ class ModelConfig:
     csra_lam: float = 0.1
 
 
+#: Optimiser name → the package it needs beyond torch, and the extra that installs it.
+OPTIMIZERS: dict[str, tuple[str, str] | None] = {
+    "adamw": None,
+    "adamw8bit": ("bitsandbytes", "bnb"),
+}
+
+
+def check_optimizer(name: str, key: str) -> None:
+    """``name`` known and its package importable, else a :class:`ConfigError` naming ``key``
+    and saying how to install it."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"{key}: unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    need = OPTIMIZERS[name]
+    if need is not None and importlib.util.find_spec(need[0]) is None:
+        raise ConfigError(
+            f"{key}={name} needs {need[0]}, which is not installed: `pip install "
+            f"'trcgl[{need[1]}]'` (CUDA), or use {key}=adamw"
+        )
+
+
 @dataclass
 class TrainConfig:
     """Two-stage training (docs/method.md §4). Defaults are the paper's and the authors' code's."""
@@ -205,6 +225,15 @@ class TrainConfig:
     #: Recompute the backbone's activations in the backward pass (timm / open_clip
     #: ``set_grad_checkpointing``): less memory for large backbones and images, same gradients.
     gradient_checkpointing: bool = False
+    #: Micro-batches of ``batch_size`` whose gradients are summed into one optimiser step
+    #: (effective batch ``batch_size × grad_accumulation`` per process; same result, less memory).
+    grad_accumulation: int = 1
+    #: ``adamw`` (torch) or ``adamw8bit`` (bitsandbytes' 8-bit AdamW, a quarter of the optimiser
+    #: state's memory; the ``bnb`` extra: ``pip install 'trcgl[bnb]'``).
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    #: Channels-last memory format for the model and its inputs (faster convolutions on GPU
+    #: tensor cores); ``null``: on a GPU, off on the CPU.
+    channels_last: bool | None = None
     #: Exponential moving average of the weights (0 turns it off); evaluation uses it.
     ema_decay: float = 0.9999
     #: When the EMA starts (``warmup``: with stage 1; ``finetune``: with stage 2, as the
@@ -283,9 +312,23 @@ class DiffusionConfig:
     #: ``auto``: bf16 on a GPU with bf16, else fp16 on a GPU, none on the CPU.
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     checkpoint_every: int = 200
+    #: Checkpoints kept (the newest; a full-mode SD 1.5 checkpoint with its optimiser is 10 GB).
+    keep_checkpoints: int = 2
+    #: Recompute the UNet's activations in the backward pass (diffusers'
+    #: ``enable_gradient_checkpointing``): the same gradients in less memory, ~30 % slower.
+    gradient_checkpointing: bool = False
+    #: Micro-batches of ``batch_size`` summed into one optimiser step (the same step as one
+    #: batch of ``batch_size × grad_accumulation``, in less memory).
+    grad_accumulation: int = 1
+    #: ``adamw`` or ``adamw8bit`` (bitsandbytes; the ``bnb`` extra), as ``train.optimizer``.
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     #: Images of the fixed batch whose Eq. 3 loss is reported before and after training (the
-    #: dataset's first, 4 fixed timesteps each, fixed noise).
+    #: dataset's first), and the fixed, stratified timesteps per image (fixed noise).
     eval_size: int = 16
+    eval_timesteps: int = 4
+    #: Weights' precision while sampling (Eq. 4–6): ``auto`` = bf16 on a GPU that has it, fp16
+    #: on other GPUs, fp32 on the CPU (a VAE whose config asks ``force_upcast`` decodes in fp32).
+    sample_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     #: Tiny generator only: AdamW steps and learning rate of its VAE's training.
     vae_steps: int = 1500
     vae_lr: float = 1e-3
@@ -298,6 +341,9 @@ class DiffusionConfig:
     sample_steps: int = 50
     scheduler: str = "DDIMScheduler"
     sample_batch_size: int = 8
+    #: Images per seeded chunk of the sampling stage: a chunk's images depend only on its seed,
+    #: so a killed run resumes with the same images and several processes share the chunks out.
+    sample_chunk: int = 64
     #: The filter's classifier: a model folder trained on real data; ``null``: one is trained
     #: here on the real images with this configuration's model and train sections.
     filter_model: str | None = None
@@ -315,6 +361,7 @@ class DiffusionConfig:
     def validate(self) -> None:
         """Raise :class:`~trcgl.errors.ConfigError` for a value its type does not rule out."""
         GENERATORS.get(self.generator)
+        check_optimizer(self.optimizer, "diffusion.optimizer")
         for key in ("num_context", "steps", "vae_steps", "max_per_class", "filter_epochs"):
             value = getattr(self, key)
             if value is not None and value < 0:
@@ -325,12 +372,17 @@ class DiffusionConfig:
             "sample_batch_size",
             "checkpoint_every",
             "eval_size",
+            "eval_timesteps",
+            "keep_checkpoints",
+            "sample_chunk",
+            "grad_accumulation",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"diffusion.{key} must be >= 1, got {getattr(self, key)}")
         for key, options in (
             ("unet_mode", ("frozen", "lora", "full")),
             ("mixed_precision", ("auto", "no", "fp16", "bf16")),
+            ("sample_precision", ("auto", "fp32", "fp16", "bf16")),
         ):
             if getattr(self, key) not in options:
                 raise ConfigError(
@@ -449,6 +501,9 @@ class Config:
         if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
             raise ConfigError("train.max_steps_per_epoch must be >= 1 or null")
         check_trackers(t.log_with)
+        check_optimizer(t.optimizer, "train.optimizer")
+        if t.grad_accumulation < 1:
+            raise ConfigError(f"train.grad_accumulation must be >= 1, got {t.grad_accumulation}")
         if not 0 <= t.min_lr_ratio <= 1 or t.adam_eps <= 0:
             raise ConfigError("train.min_lr_ratio must lie in [0, 1] and train.adam_eps be > 0")
         bad = [v for v in self.evaluate.f1_thresholds if not 0 < float(v) < 1]

@@ -230,10 +230,11 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
 
     assert losses("full") == losses("killed")
     assert sum(r[2] for r in losses("full")) > 0  # condition dropout did happen
-    # Only the last checkpoint is kept; the same base model, loaded afresh, takes the trained
-    # weights (LoRA: the adapter on top of the base weights it was trained from).
-    assert [p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*")] == [
-        "step-0000006"
+    # The newest keep_checkpoints (2) are kept; the same base model, loaded afresh, takes the
+    # trained weights (LoRA: the adapter on top of the base weights it was trained from).
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*")) == [
+        "step-0000004",
+        "step-0000006",
     ]
     fresh, fresh_conditioner, _ = make(manifest, nih_sample, rows=1)
     apply_trained(fresh, fresh_conditioner, tmp_path / "killed")
@@ -319,3 +320,64 @@ def test_training_and_sampling_reach_the_denoiser_through_one_seam(manifest, nih
     _Scaled.calls = 0
     sample_images(scaled, conditioner, ["a"], steps=3, guidance_scale=2.0, progress=False)
     assert _Scaled.calls == 3  # one (doubled-batch) call per denoising step
+
+
+def test_accumulated_micro_batches_take_the_whole_batch_step(manifest, nih_sample, tmp_path):
+    """batch 2 × 2 micro-batches and checkpointing = batch 4 in one go: the same context and
+    UNet after 3 steps (LoRA), the same logged losses; keep_checkpoints=1 keeps one."""
+    cfg = config(unet_mode="lora", cond_dropout=0.5, checkpoint_every=1, keep_checkpoints=1)
+    components, conditioner, dataset = make(manifest, nih_sample, rows=12)
+    train_generator(components, conditioner, dataset, cfg, tmp_path / "whole", cpu=True)
+    whole = (conditioner.context.detach().clone(), snapshot(components.unet))
+    cfg = config(
+        unet_mode="lora",
+        cond_dropout=0.5,
+        checkpoint_every=1,
+        keep_checkpoints=1,
+        batch_size=2,
+        grad_accumulation=2,
+        gradient_checkpointing=True,
+    )
+    components, conditioner, dataset = make(manifest, nih_sample, rows=12)
+    summary = train_generator(components, conditioner, dataset, cfg, tmp_path / "micro", cpu=True)
+    assert summary["steps"] == 3
+    assert not components.unet.is_gradient_checkpointing  # switched off again after training
+    assert torch.allclose(conditioner.context, whole[0], atol=1e-6, rtol=0)
+    micro = snapshot(components.unet)
+    # Adam divides by √v + ε: float-order differences in gradients near 0 (LoRA A at step 1,
+    # where B = 0) grow to ~3e-5; the steps moved the weights by ~3e-3.
+    assert max(float((micro[k] - whole[1][k]).abs().max()) for k in micro) < 1e-4
+
+    def losses(run: str) -> list[float]:
+        text = (tmp_path / run / "loss.jsonl").read_text()
+        return [json.loads(line)["loss"] for line in text.splitlines()]
+
+    assert losses("micro") == pytest.approx(losses("whole"), abs=1e-6)
+    assert [p.name for p in (tmp_path / "micro" / "checkpoints").glob("step-*")] == ["step-0000003"]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(manifest, nih_sample):
+    """diffusers' checkpointing recomputes the UNet's activations: the gradients of Eq. 3 with
+    respect to C and the UNet's weights equal the plain ones (frozen: only C's)."""
+    results = []
+    for checkpointing in (False, True):
+        components, conditioner, dataset = make(manifest, nih_sample, rows=4)
+        unet = components.unet
+        unet.requires_grad_(True).train()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        images = torch.stack([dataset[i][0] for i in range(4)])
+        prompts = [dataset[i][1] for i in range(4)]
+        g = torch.Generator().manual_seed(0)
+        latents = components.encode(images, generator=g)
+        t = torch.randint(0, 1000, (4,), generator=g)
+        noise = torch.randn(latents.shape, generator=g)
+        loss = diffusion_loss(components, latents, conditioner.encode(prompts), t, noise)
+        loss.backward()
+        grads = {"context": conditioner.context.grad.clone()}
+        grads.update({k: p.grad.clone() for k, p in unet.named_parameters() if p.grad is not None})
+        results.append(grads)
+    plain, checkpointed = results
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for key in plain:
+        assert torch.allclose(plain[key], checkpointed[key], atol=1e-6, rtol=1e-5), key

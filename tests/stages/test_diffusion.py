@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import TINY_DIFFUSION, invoke
@@ -206,6 +208,63 @@ def test_a_diffusers_folder_as_source_with_lora(prepared, tmp_path):
     record = stage.train_stage(cfg, copy, progress=False)
     assert record["source"] == str(base) and record["vae"] is None
     assert not (copy / "diffusion" / "base").exists()  # no VAE training for a real model
-    assert (copy / "diffusion" / "generator" / LORA_FOLDER).is_dir()
+    generator = copy / "diffusion" / "generator"
+    assert (generator / LORA_FOLDER).is_dir()
+    # No copy of the base model: C, the adapter and a reference to the base with its hash.
+    assert not (generator / "unet").exists() and not (generator / "vae").exists()
+    reference = json.loads((generator / "generator.json").read_text())
+    assert reference["base"] == str(base) and len(reference["base_fingerprint"]) == 64
     sampled = stage.sample_stage(cfg, copy, progress=False)
     assert sampled["made"] == len(list((copy / "synthetic" / "images").glob("*.png"))) > 0
+
+
+def _pngs(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "synthetic" / "images").glob("*.png"))}
+
+
+def test_two_processes_write_the_same_images_as_one(synthesized, tmp_path):
+    """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion sample` (CPU, gloo): the seeded
+    chunks are shared out, and the files are byte for byte those of one process."""
+    import os
+    import subprocess
+    import sys
+
+    run, args, _ = synthesized
+    args = [*args, "diffusion.sample_chunk=2"]
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    record = stage.sample_stage(load_config("nih-demo", args), one, force=True, progress=False)
+    assert record["processes"] == 1 and record["made"] >= 4  # at least 2 chunks
+    two = tmp_path / "two"
+    shutil.copytree(run, two)
+    shutil.rmtree(two / "synthetic")
+    (two / "synthetic").mkdir()
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "diffusion", "sample"]
+    result = subprocess.run(
+        [*command, "-c", "nih-demo", "--run-dir", str(two), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stage._record(two, "sample")["processes"] == 2
+    assert _pngs(two) == _pngs(one) and len(_pngs(one)) == record["made"]
+    assert result.stdout.count("2 processes") == 1  # one runtime line, from the main process
+
+
+def test_bf16_sampling_stays_close_to_fp32(synthesized, tmp_path):
+    run, args, _ = synthesized
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config("nih-demo", [*args, "diffusion.sample_precision=bf16"])
+    record = stage.sample_stage(cfg, copy, force=True, progress=False)
+    assert record["sample_precision"] == "bfloat16"
+    assert stage.sample_precision("auto", torch.device("cpu")) == torch.float32
+    fp32 = {k: np.asarray(Image.open(run / "synthetic" / "images" / k)) for k in _pngs(run)}
+    bf16 = {k: np.asarray(Image.open(copy / "synthetic" / "images" / k)) for k in _pngs(copy)}
+    assert fp32.keys() == bf16.keys()
+    diff = np.mean([np.abs(fp32[k].astype(int) - bf16[k].astype(int)).mean() for k in fp32])
+    assert diff < 8  # mean absolute difference in grey levels (of 255)

@@ -69,7 +69,9 @@ __all__ = [
     "encode_latents",
     "has_lora",
     "load_components",
+    "load_lora",
     "save_components",
+    "save_lora",
     "to_vae_input",
 ]
 
@@ -184,10 +186,14 @@ class Components:
         return self.unet(latents, timesteps, encoder_hidden_states=condition).sample
 
     def encode(
-        self, images: Tensor, generator: torch.Generator | None = None, sample: bool = True
+        self,
+        images: Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Latents x_0 of images in [-1, 1] (:func:`encode_latents`)."""
-        return encode_latents(self.vae, images, generator=generator, sample=sample)
+        return encode_latents(self.vae, images, generator=generator, sample=sample, noise=noise)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Eq. 6: grayscale images in [-1, 1] from latents (:func:`decode_latents`)."""
@@ -236,20 +242,24 @@ def encode_latents(
     images: Tensor,
     generator: torch.Generator | None = None,
     sample: bool = True,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Latents x_0 of Eq. 3 for images in [-1, 1] (``[B, 1 or 3, S, S]``).
 
-    ``(z − shift) × vae.config.scaling_factor`` with z a draw from the VAE posterior (drawn on
-    ``generator``'s device, then moved) or its mode (``sample=False``).
+    ``(z − shift) × vae.config.scaling_factor`` with z a draw from the VAE posterior (its
+    standard normal ``noise`` given, or drawn on ``generator``'s device, then moved) or its
+    mode (``sample=False``).
     """
     x = to_vae_input(images, int(vae.config.in_channels))
     x = x.to(device=next(vae.parameters()).device, dtype=next(vae.parameters()).dtype)
     dist = vae.encode(x).latent_dist
     if sample:
-        noise_device = generator.device if generator is not None else dist.mean.device
-        noise = torch.randn(
-            dist.mean.shape, generator=generator, device=noise_device, dtype=dist.mean.dtype
-        ).to(dist.mean.device)
+        if noise is None:
+            noise_device = generator.device if generator is not None else dist.mean.device
+            noise = torch.randn(
+                dist.mean.shape, generator=generator, device=noise_device, dtype=dist.mean.dtype
+            )
+        noise = noise.to(device=dist.mean.device, dtype=dist.mean.dtype)
         z = dist.mean + dist.std * noise
     else:
         z = dist.mode()
@@ -469,7 +479,7 @@ def load_components(
     if torch_dtype is not None:
         text_encoder.to(torch_dtype)
     if folder.is_dir() and (folder / LORA_FOLDER).is_dir():
-        _load_lora(unet, folder / LORA_FOLDER)
+        load_lora(unet, folder / LORA_FOLDER)
     hidden = int(text_encoder.config.hidden_size)
     cross = unet.config.cross_attention_dim
     if isinstance(cross, int) and cross != hidden:
@@ -490,7 +500,9 @@ def load_components(
     )
 
 
-def _load_lora(unet: UNet2DConditionModel, folder: Path) -> None:
+def load_lora(unet: UNet2DConditionModel, folder: str | Path) -> None:
+    """Attach the LoRA adapter that :func:`save_lora` wrote to ``folder`` (exactly)."""
+    folder = Path(folder)
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
 
@@ -507,6 +519,21 @@ def _load_lora(unet: UNet2DConditionModel, folder: Path) -> None:
 
 
 # -- saving ---------------------------------------------------------------------------------------
+def save_lora(unet: UNet2DConditionModel, folder: str | Path) -> Path:
+    """Write the UNet's LoRA adapter (``"default"``) in PEFT's format: ``adapter_config.json``
+    and ``adapter_model.safetensors`` in ``folder``; returns it."""
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    unet.peft_config["default"].save_pretrained(str(folder))
+    lora = {
+        k: v.detach().contiguous().cpu()
+        for k, v in get_peft_model_state_dict(unet, adapter_name="default").items()
+    }
+    save_file(lora, str(folder / _LORA_WEIGHTS), metadata={"format": "pt"})
+    return folder
+
+
 @contextlib.contextmanager
 def _atomic_folder(folder: Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``folder``; on success it replaces ``folder``."""
@@ -551,15 +578,7 @@ def save_components(
         state = {k: v.contiguous().cpu() for k, v in state.items()}
         save_file(state, str(tmp / "unet" / _UNET_WEIGHTS), metadata={"format": "pt"})
         if has_lora(unet) and not merge_lora:
-            from peft.utils import get_peft_model_state_dict
-
-            lora_dir = tmp / LORA_FOLDER
-            unet.peft_config["default"].save_pretrained(str(lora_dir))
-            lora = {
-                k: v.detach().contiguous().cpu()
-                for k, v in get_peft_model_state_dict(unet, adapter_name="default").items()
-            }
-            save_file(lora, str(lora_dir / _LORA_WEIGHTS), metadata={"format": "pt"})
+            save_lora(unet, tmp / LORA_FOLDER)
         components.vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
         with quiet_transformers():
             components.text_encoder.save_pretrained(str(tmp / "text_encoder"))

@@ -12,8 +12,14 @@ and E_cond = concat_seq(C, E_n) (Eq. 2).
 * Decision (docs/method.md §1): with probability ``cond_dropout`` = 0.1 a sample's condition is
   replaced by the unconditional one (the empty prompt, :meth:`PromptConditioner.
   encode_unconditional`), so that classifier-free guidance (Eq. 4) works at sampling.
-* AdamW (no weight decay on C), gradient clipping, accelerate for the device and mixed
-  precision (bf16 on a GPU that has it, fp16 otherwise, none on CPU).
+* AdamW (no weight decay on C; or bitsandbytes' 8-bit AdamW, ``optimizer``), gradient
+  clipping, accelerate for the device and mixed precision (bf16 on a GPU that has it, fp16
+  otherwise, none on CPU).
+* Memory: ``gradient_checkpointing`` (diffusers' ``enable_gradient_checkpointing``: the same
+  gradients, activations recomputed) and ``grad_accumulation`` (a step's batch of
+  ``batch_size × grad_accumulation`` images run as micro-batches of ``batch_size``; all of the
+  step's randomness is drawn for the whole batch first, so the step equals the one-batch step
+  up to float summation order).
 * Checkpoints (``out_dir/checkpoints/step-NNNNNNN/``, written under a temporary name and
   renamed, then ``latest.json`` replaced atomically; safetensors only): the context vectors,
   the trainable UNet weights (LoRA or all), the optimiser, the RNG states (global ones and the
@@ -66,6 +72,7 @@ from trcgl.training.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
+from trcgl.training.optimizers import build_optimizer
 from trcgl.training.precision import resolve_mixed_precision
 
 __all__ = [
@@ -103,12 +110,15 @@ TRAINING_SETTINGS = (
     "weight_decay",
     "grad_clip",
     "mixed_precision",
+    "grad_accumulation",
+    "optimizer",
 )
 
 
 def training_settings(config: DiffusionConfig) -> dict[str, Any]:
-    """``config``'s :data:`TRAINING_SETTINGS`, with ``steps`` and ``checkpoint_every``."""
-    names = (*TRAINING_SETTINGS, "steps", "checkpoint_every")
+    """``config``'s :data:`TRAINING_SETTINGS`, with ``steps``, ``checkpoint_every`` and
+    ``keep_checkpoints``."""
+    names = (*TRAINING_SETTINGS, "steps", "checkpoint_every", "keep_checkpoints")
     return {name: getattr(config, name) for name in names}
 
 
@@ -345,19 +355,25 @@ def save_generator_checkpoint(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     state: dict[str, Any],
+    keep: int | None = None,
 ) -> Path:
     """Write ``directory/step-NNNNNNN`` (:func:`~trcgl.training.checkpoint.write_checkpoint`),
-    point ``latest.json`` at it and remove older ones. Safetensors only: ``context``, ``unet``
-    (trainable UNet weights; absent when the UNet is frozen), ``optimizer``, ``rng`` (global
-    RNG states plus the training generator's); ``state.json``."""
+    point ``latest.json`` at it and remove older ones beyond the newest ``keep`` (default:
+    the run's ``keep_checkpoints``, 2). Safetensors only: ``context``, ``unet`` (trainable
+    UNet weights; absent when the UNet is frozen), ``optimizer``, ``rng`` (global RNG states
+    plus the training generator's); ``state.json``."""
+    name = f"step-{step:07d}"
+    keep = int(state.get("config", {}).get("keep_checkpoints", 2) if keep is None else keep)
+    existing = sorted(p.name for p in directory.glob("step-*") if p.is_dir() and p.name != name)
     return write_checkpoint(
         directory,
-        f"step-{step:07d}",
+        name,
         {"context": conditioner.save_context, "unet": _trainable_unet_state(unet)},
         optimizer,
         {**state, "step": step},
         state_file=STATE_FILE,
         rng_extra={"train_generator": generator.get_state()},
+        keep=existing[len(existing) - (keep - 1) :] if keep > 1 else (),
     )
 
 
@@ -518,7 +534,9 @@ def train_generator(
         groups.append(
             {"params": unet_params, "lr": config.lr_unet, "weight_decay": config.weight_decay}
         )
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = build_optimizer(groups, config.optimizer, key="diffusion.optimizer")
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(config.seed)
 
     start, state_extra, resumed_from = 0, {}, None
@@ -542,19 +560,28 @@ def train_generator(
 
     prompts = getattr(dataset, "prompts", None)
     text = _TextTable(conditioner, prompts, max_text_table)
+
+    def check_loss() -> float:
+        return evaluate_loss(
+            components,
+            conditioner,
+            dataset,
+            config.eval_size,
+            config.eval_timesteps,
+            autocast=accelerator.autocast,
+        )
+
     if checkpoint is None:
-        state_extra = {
-            "loss_before": evaluate_loss(
-                components, conditioner, dataset, config.eval_size, autocast=accelerator.autocast
-            )
-        }
+        state_extra = {"loss_before": check_loss()}
     optimizer = accelerator.prepare(optimizer)
     raw_optimizer = getattr(optimizer, "optimizer", optimizer)
     trainable = [conditioner.context, *unet_params]
 
     loader = DataLoader(
         dataset,
-        batch_sampler=_StepBatches(n, config.batch_size, config.seed, start, config.steps),
+        batch_sampler=_StepBatches(
+            n, config.batch_size * config.grad_accumulation, config.seed, start, config.steps
+        ),
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
@@ -574,25 +601,37 @@ def train_generator(
                 _check_size(images, components, config)
             b = images.shape[0]
             images = images.to(device=device, dtype=torch.float32)
-            with torch.no_grad(), accelerator.autocast():
-                latents = components.encode(images, generator=generator).float()
+            # All of the step's randomness is drawn for the whole batch first (the VAE
+            # posterior's noise, t, ε, the dropped conditions), so k accumulated micro-batches
+            # take exactly the step that one batch of k × batch_size would.
+            side = images.shape[-1] // components.vae_scale_factor
+            shape = (b, components.latent_channels, side, side)
+            posterior = torch.randn(shape, generator=generator)
             timesteps = torch.randint(0, total_t, (b,), generator=generator).to(device)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
+            noise = torch.randn(shape, generator=generator).to(device)
             drop = (torch.rand(b, generator=generator) < config.cond_dropout).to(device)
             embeddings = text(list(batch_prompts))
             if bool(drop.any()):
                 empty = text([""]).expand(b, -1, -1)
                 embeddings = torch.where(drop[:, None, None], empty, embeddings)
-            condition = _condition(conditioner, embeddings)
-            with accelerator.autocast():
-                loss = diffusion_loss(components, latents, condition, timesteps, noise)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrcglError(
-                    f"the diffusion loss is {value} at step {step + 1}: lower the learning "
-                    "rates or use mixed_precision='no'"
-                )
-            accelerator.backward(loss)
+            value = 0.0
+            for part in torch.arange(b).split(config.batch_size):
+                lo, hi = int(part[0]), int(part[-1]) + 1
+                with torch.no_grad(), accelerator.autocast():
+                    latents = components.encode(images[lo:hi], noise=posterior[lo:hi]).float()
+                condition = _condition(conditioner, embeddings[lo:hi])
+                with accelerator.autocast():
+                    loss = diffusion_loss(
+                        components, latents, condition, timesteps[lo:hi], noise[lo:hi]
+                    )
+                share = (hi - lo) / b
+                value += float(loss.detach()) * share
+                if not math.isfinite(value):
+                    raise TrcglError(
+                        f"the diffusion loss is {value} at step {step + 1}: lower the learning "
+                        "rates or use mixed_precision='no'"
+                    )
+                accelerator.backward(loss * share)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
@@ -610,6 +649,8 @@ def train_generator(
             bar(step, value)
     finally:
         bar(None, None)
+        if config.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
         unet.eval()
         unet.requires_grad_(False)
         conditioner.eval()
@@ -621,9 +662,7 @@ def train_generator(
         "resumed_from": resumed_from,
         "unet_mode": config.unet_mode,
         "loss_before": state_extra.get("loss_before"),
-        "loss_after": evaluate_loss(
-            components, conditioner, dataset, config.eval_size, autocast=accelerator.autocast
-        ),
+        "loss_after": check_loss(),
         "train_loss_first": float(np.mean(losses[:10])) if losses else None,
         "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
         "seconds_per_step": statistics.median(times) if times else None,

@@ -7,8 +7,10 @@
   ``checkpoints/``, ``loss.jsonl``, ``train.json`` (loss before / after, seconds per step);
   for the tiny generator first ``base/`` (the components with their VAE trained on the real
   images, :mod:`~trcgl.diffusion.vae_train`) and ``vae.json``; then ``generator/``, the trained
-  generator, self-contained (diffusers layout, a LoRA adapter in ``unet_lora/``, the context
-  vectors C in ``context.safetensors``); ``stage.json`` last.
+  generator (:mod:`~trcgl.diffusion.generator_folder`): for LoRA and frozen runs the context
+  vectors C in ``context.safetensors``, the adapter in ``unet_lora/`` and ``generator.json``,
+  a reference to the base model with its fingerprint (no copy of it); for full runs the whole
+  diffusers layout; ``stage.json`` last.
 * ``synthetic/plan.csv``: the tail planner's rows (:func:`~trcgl.diffusion.planner.
   plan_synthesis`), each with its ``image_id``; ``synthetic/images/<image_id>.png``: the images
   (Eq. 4–6) at ``diffusion.image_size``; ``synthetic/sample.json`` last.
@@ -23,7 +25,7 @@
 
 Every stage is skipped when its record exists and its input stage's record is the one it was
 made from; a killed stage resumes: generator training from its last checkpoint, sampling from
-the first missing image (each chunk of :data:`SAMPLE_CHUNK` images has its own seed, so a
+the first missing image (each chunk of ``diffusion.sample_chunk`` images has its own seed, so a
 resumed run writes the same images), the filter classifier from its last epoch.
 
 Decisions: the generator learns from the real training images that carry a tail class
@@ -56,13 +58,14 @@ from trcgl.progress import runtime_line, say
 from trcgl.registry import DATA_FORMATS
 from trcgl.run_dir import SYNTHETIC_MANIFEST, RunDir
 from trcgl.training.data import TrainingData
+from trcgl.training.precision import resolve_mixed_precision
 
 __all__ = [
-    "SAMPLE_CHUNK",
     "STAGES",
     "filter_stage",
     "load_generator",
     "plan_for_run",
+    "sample_precision",
     "sample_stage",
     "stage_done",
     "train_stage",
@@ -73,8 +76,6 @@ SYNTHETIC_DIR = "synthetic"
 FILTER_DIR = "filter_classifier"
 GENERATOR_DIR = "generator"
 CONTEXT_FILE = "context.safetensors"
-#: Images sampled per seeded chunk.
-SAMPLE_CHUNK = 64
 
 
 # -- records (RunDir's stage records "diffusion train|sample|filter") ----------------------------
@@ -263,6 +264,7 @@ def train_stage(
     check_settings(cfg)
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.families import generator_family
+    from trcgl.diffusion.generator_folder import save_generator_folder
     from trcgl.diffusion.text import load_tokenizer
     from trcgl.diffusion.train import train_generator
 
@@ -298,8 +300,13 @@ def train_stage(
     summary = train_generator(components, conditioner, dataset, d, out, progress=progress)
     components.to("cpu")
     conditioner.to("cpu")
-    generator = components.save_pretrained(out / GENERATOR_DIR)
-    conditioner.save_context(generator / CONTEXT_FILE)
+    generator = save_generator_folder(
+        components,
+        conditioner,
+        out / GENERATOR_DIR,
+        base=source or out / "base",
+        unet_mode=d.unet_mode,
+    )
     vae = json.loads((out / "vae.json").read_text()) if (out / "vae.json").is_file() else None
     return _write_record(
         run_dir,
@@ -318,10 +325,13 @@ def train_stage(
     )
 
 
-def load_generator(run_dir: str | Path, num_context: int | None = None):
-    """The trained generator of a run: ``(components, conditioner)``."""
+def load_generator(run_dir: str | Path, num_context: int | None = None, base: str | None = None):
+    """The trained generator of a run: ``(components, conditioner)``; ``base``: where its base
+    model is now, if not where it was (:func:`~trcgl.diffusion.generator_folder.
+    load_generator_folder` checks that it is the same)."""
     from trcgl.diffusion.conditioning import PromptConditioner, read_context
     from trcgl.diffusion.families import generator_family
+    from trcgl.diffusion.generator_folder import load_generator_folder
 
     folder = Path(run_dir) / DIFFUSION_DIR / GENERATOR_DIR
     if not (folder / CONTEXT_FILE).is_file():
@@ -329,17 +339,43 @@ def load_generator(run_dir: str | Path, num_context: int | None = None):
     tensor, _ = read_context(folder / CONTEXT_FILE)
     m = int(tensor.shape[0]) if num_context is None else num_context
     family = (_record(run_dir, "train") or {}).get("family", "stable_diffusion")
-    components = generator_family(family).from_pretrained(str(folder))
+    components = load_generator_folder(folder, generator_family(family), base=base)
     conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=m)
     conditioner.load_context(folder / CONTEXT_FILE)
     return components, conditioner
 
 
 # -- sample ---------------------------------------------------------------------------------------
+def sample_precision(setting: str, device: torch.device) -> torch.dtype:
+    """``diffusion.sample_precision`` as a dtype: ``auto`` = bf16 on a GPU that has it, fp16 on
+    another GPU, fp32 on the CPU (:func:`~trcgl.training.precision.resolve_mixed_precision`)."""
+    if setting == "auto":
+        setting = resolve_mixed_precision("auto") if device.type == "cuda" else "no"
+    return {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16}.get(
+        setting, torch.bfloat16
+    )
+
+
+def _cast_for_sampling(components: Any, dtype: torch.dtype) -> None:
+    """UNet and text encoder in ``dtype``; the VAE too, unless it asks to decode in fp32
+    (``force_upcast``, as diffusers' pipelines honour) and ``dtype`` is fp16."""
+    components.unet.to(dtype)
+    components.text_encoder.to(dtype)
+    upcast = bool(getattr(components.vae.config, "force_upcast", False))
+    components.vae.to(torch.float32 if upcast and dtype == torch.float16 else dtype)
+
+
 def sample_stage(
     cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Sample the planned images (Eq. 4–6) into ``synthetic/images/``; returns the record."""
+    """Sample the planned images (Eq. 4–6) into ``synthetic/images/``; returns the record.
+
+    Under ``accelerate launch`` / ``torchrun`` the seeded chunks of ``diffusion.sample_chunk``
+    images are shared out across the processes (chunk k on process k mod N), each on its own
+    device: every chunk's images depend only on its seed, so 1 or N processes write the same
+    files. The main process writes the plan first and the record last."""
+    from accelerate import PartialState
+
     from trcgl.diffusion.sample import sample_images, save_pngs
 
     run_dir = Path(run_dir)
@@ -347,27 +383,42 @@ def sample_stage(
     out = run_dir / SYNTHETIC_DIR
     if not force and stage_done(run_dir, "sample"):
         return _record(run_dir, "sample") or {}
-    if force or _record(run_dir, "sample") is not None:  # redo, or made by an older generator
-        shutil.rmtree(out, ignore_errors=True)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
     started = time.time()
     d = cfg.diffusion
-    out.mkdir(parents=True, exist_ok=True)
     if trained.get("skipped"):
-        atomic_write_text(out / "plan.csv", plan_for_run(cfg, run_dir).to_csv(index=False))
-        return _write_record(run_dir, "sample", {"made": 0, "skipped": trained["skipped"]}, started)
-    components, conditioner = load_generator(run_dir, d.num_context)
+        if main:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "plan.csv", plan_for_run(cfg, run_dir).to_csv(index=False))
+            _write_record(run_dir, "sample", {"made": 0, "skipped": trained["skipped"]}, started)
+        state.wait_for_everyone()
+        return _record(run_dir, "sample") or {}
+    components, conditioner = load_generator(run_dir, d.num_context, _source(cfg))
     plan = plan_for_run(cfg, run_dir, components.tokenizer)
-    atomic_write_text(out / "plan.csv", plan.to_csv(index=False))
-    device = _device()
+    if main:
+        if force or _record(run_dir, "sample") is not None:  # redo, or an older generator's
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "plan.csv", plan.to_csv(index=False))
+    state.wait_for_everyone()
+    device = state.device
+    dtype = sample_precision(d.sample_precision, device)
+    _cast_for_sampling(components, dtype)
     components.to(device)
     conditioner.to(device)
     images_dir = out / "images"
     made = 0
-    chunks = -(-len(plan) // SAMPLE_CHUNK)
-    if progress:
-        say(runtime_line("sampling", device, "fp32"))
-    for chunk, start in enumerate(range(0, len(plan), SAMPLE_CHUNK)):
-        part = plan.iloc[start : start + SAMPLE_CHUNK]
+    size = d.sample_chunk
+    chunks = -(-len(plan) // size)
+    mine = range(state.process_index, chunks, state.num_processes)
+    shown = progress and main
+    if shown:
+        precision = str(dtype).removeprefix("torch.").replace("float", "fp")
+        say(runtime_line("sampling", device, precision, state.num_processes))
+    for done, chunk in enumerate(mine, 1):
+        part = plan.iloc[chunk * size : (chunk + 1) * size]
         if all((images_dir / f"{i}.png").is_file() for i in part["image_id"]):
             continue
         images = sample_images(
@@ -380,29 +431,40 @@ def sample_stage(
             seed=d.seed * 1_000_003 + chunk,
             batch_size=d.sample_batch_size,
             image_size=d.image_size,
-            progress=progress,
+            progress=shown,
         )
         save_pngs(images, images_dir, part["image_id"].tolist())
         made += len(images)
-        if progress:
+        if shown:
             say(
-                f"sampling (Eq. 4–6): chunk {chunk + 1}/{chunks}, "
-                f"{start + len(part):,}/{len(plan):,} images, {time.time() - started:.0f} s"
+                f"sampling (Eq. 4–6): chunk {done}/{len(mine)} of this process "
+                f"({chunks} in all), {time.time() - started:.0f} s"
             )
-    return _write_record(
-        run_dir,
-        "sample",
-        {
-            "made": len(plan),
-            "made_now": made,
-            "per_class": {str(k): int(v) for k, v in plan["target_class"].value_counts().items()},
-            "guidance_scale": d.guidance_scale,
-            "sample_steps": d.sample_steps,
-            "scheduler": d.scheduler,
-            "image_size": d.image_size,
-        },
-        started,
-    )
+    state.wait_for_everyone()
+    if main:
+        missing = [i for i in plan["image_id"] if not (images_dir / f"{i}.png").is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} planned images were not written", path=images_dir)
+        _write_record(
+            run_dir,
+            "sample",
+            {
+                "made": len(plan),
+                "made_now": made,
+                "processes": state.num_processes,
+                "per_class": {
+                    str(k): int(v) for k, v in plan["target_class"].value_counts().items()
+                },
+                "guidance_scale": d.guidance_scale,
+                "sample_steps": d.sample_steps,
+                "scheduler": d.scheduler,
+                "image_size": d.image_size,
+                "sample_precision": str(dtype).removeprefix("torch."),
+            },
+            started,
+        )
+    state.wait_for_everyone()
+    return _record(run_dir, "sample") or {}
 
 
 # -- filter ---------------------------------------------------------------------------------------

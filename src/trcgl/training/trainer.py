@@ -21,6 +21,7 @@ its shard of every epoch's sample list, gradients are all-reduced by DDP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ from trcgl.models.losses import build_loss
 from trcgl.progress import progress_bar, runtime_line, say
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trcgl.training.data import TrainingData
+from trcgl.training.optimizers import build_optimizer
 from trcgl.training.precision import resolve_mixed_precision
 from trcgl.training.schedule import cosine_with_warmup
 from trcgl.training.trackers import build_trackers, finish_trackers, start_trackers
@@ -124,6 +126,13 @@ class Trainer:
         )
         if t.gradient_checkpointing:
             self.model.set_grad_checkpointing(True)
+        use_cuda = self.accelerator.device.type == "cuda"
+        self.memory_format = (
+            torch.channels_last
+            if (t.channels_last if t.channels_last is not None else use_cuda)
+            else torch.contiguous_format
+        )
+        self.model.to(memory_format=self.memory_format)
         mean, std = self.model.normalization
         self.model.preprocessing = {
             "image_size": self.data.image_size,
@@ -243,10 +252,11 @@ class Trainer:
             ]
         for g in groups:
             g["base_lr"] = g["lr"]
-        return torch.optim.AdamW(groups, eps=t.adam_eps)
+        return build_optimizer(groups, t.optimizer, eps=t.adam_eps, key="train.optimizer")
 
     def _steps_per_epoch(self) -> int:
-        n = len(self._train_loader(0))
+        """Optimiser steps an epoch: the loader's batches grouped by ``grad_accumulation``."""
+        n = len(self._train_loader(0)) // self.cfg.train.grad_accumulation
         cap = self.cfg.train.max_steps_per_epoch
         return min(n, cap) if cap else n
 
@@ -331,10 +341,12 @@ class Trainer:
             self.loss_fn.set_epoch(epoch - t.warmup_epochs if stage == 2 else 0)
             model.train()
             started, losses = time.time(), []
-            for i, batch in enumerate(self._progress(loader, epoch, steps_per_epoch)):
-                if i >= steps_per_epoch:
+            accumulate = t.grad_accumulation
+            for i, batch in enumerate(self._progress(loader, epoch, steps_per_epoch * accumulate)):
+                if i >= steps_per_epoch * accumulate:
                     break
-                images = batch["image"].to(acc.device)
+                micro = i % accumulate
+                images = batch["image"].to(acc.device, memory_format=self.memory_format)
                 labels = batch["labels"].to(acc.device)
                 weights = batch["weight"].to(acc.device).clone()
                 syn = self.is_synthetic[batch["index"]].to(acc.device)
@@ -366,15 +378,22 @@ class Trainer:
                         "learning rate, check the inputs, or train with "
                         "train.mixed_precision=no"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                acc.backward(loss)
+                if micro == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                last = micro == accumulate - 1
+                # Micro-batches before the last skip DDP's all-reduce; the sum of loss / k over
+                # k equal micro-batches is the mean loss of their union (the same step).
+                with contextlib.nullcontext() if last else acc.no_sync(model):
+                    acc.backward(loss / accumulate)
+                losses.append(loss.item())
+                if not last:
+                    continue
                 if t.grad_clip > 0:
                     acc.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
                 self.state.step += 1
                 if self.ema is not None:
                     self.ema.update(acc.unwrap_model(model), step=self.state.step)
-                losses.append(loss.item())
             eval_model = self.ema.module if self.ema is not None else model
             report = self.validate(eval_model)
             overall = report.summary["overall"]
