@@ -436,9 +436,11 @@ def sample_stage(
         save_pngs(images, images_dir, part["image_id"].tolist())
         made += len(images)
         if shown:
+            where = f" on process 1 of {state.num_processes}" if state.num_processes > 1 else ""
             say(
-                f"sampling (Eq. 4–6): chunk {done}/{len(mine)} of this process "
-                f"({chunks} in all), {time.time() - started:.0f} s"
+                f"sampling (Eq. 4–6): chunk {done}/{len(mine)}{where}, "
+                f"{min((chunk + 1) * size, len(plan)):,}/{len(plan):,} images, "
+                f"{time.time() - started:.0f} s"
             )
     state.wait_for_everyone()
     if main:
