@@ -12,6 +12,8 @@
 * :mod:`trcgl.diffusion.vae_train` — a short VAE fit for the small CPU configuration;
 * :mod:`trcgl.diffusion.train` — Eq. 3: the noise-prediction loss on VAE latents, training the
   context vectors (always) and the UNet (frozen / LoRA / full), with condition dropout;
+* :mod:`trcgl.diffusion.generator_folder` — a trained generator's folder: C, the LoRA adapter
+  and a fingerprinted reference to the base model (no copy of it), or the whole generator;
 * :mod:`trcgl.diffusion.sample` — Eq. 4–6: classifier-free guidance, DDIM (or any diffusers
   scheduler), VAE decoding to grayscale images.
 """
