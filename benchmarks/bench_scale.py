@@ -13,12 +13,15 @@ the torchxrayvision wheel) goes through ``trcgl prepare --config padchest`` (lab
 reading, mapping, the split and the label graph).
 
 Writes ``benchmarks/results/scale.json``: per size and stage, seconds, seconds per image and
-peak memory, and the ratio of seconds per image at the largest size to the smallest.
+peak memory; the ratio of seconds per image at the largest size to the smallest (below 1
+where a stage has fixed costs); and the marginal cost of an image between consecutive sizes,
+which is constant when time is linear.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -115,6 +118,20 @@ def main() -> None:
             stage: result["sizes"][large][stage]["ms_per_image"]
             / result["sizes"][small][stage]["ms_per_image"]
             for stage in STAGES
+        }
+        # Linear time: the cost of each further image is the same from size to size.
+        sizes = sorted(args.sizes)
+        result["marginal_ms_per_image"] = {
+            f"{a}→{b}": {
+                stage: 1000
+                * (
+                    result["sizes"][str(b)][stage]["seconds"]
+                    - result["sizes"][str(a)][stage]["seconds"]
+                )
+                / (b - a)
+                for stage in STAGES
+            }
+            for a, b in itertools.pairwise(sizes)
         }
         if not args.no_padchest:
             run = work / "padchest"

@@ -122,6 +122,11 @@ COMMANDS: dict[str, Run | Skip] = {
     "--main_process_ip 10.0.0.1 --main_process_port 29500 -m trcgl.cli train -c padchest ...": (
         Skip(GPUS)
     ),
+    "accelerate launch --multi_gpu --num_processes 8 -m trcgl.cli diffusion train -c padchest "
+    "data.image_root=/data/padchest diffusion.source=/models/roentgen": Skip(
+        "needs several GPUs; tests/stages/test_diffusion.py trains the generator with two CPU "
+        "processes (gloo) and compares it with one process's"
+    ),
     "accelerate launch --multi_gpu --num_processes 8 -m trcgl.cli diffusion sample -c padchest "
     "data.image_root=/data/padchest diffusion.source=/models/roentgen": Skip(
         "needs several GPUs; tests/stages/test_diffusion.py samples with two CPU processes "

@@ -188,15 +188,14 @@ def test_bad_diffusion_config_names_the_key(prepared):
     assert result.exit_code == 2 and "diffusion.stepz" in result.output
 
 
-def test_a_diffusers_folder_as_source_with_lora(prepared, tmp_path):
-    """The GPU path (diffusion.source = a Stable-Diffusion-style folder, LoRA), on tiny parts."""
-    from trcgl.diffusion.components import LORA_FOLDER, load_components, save_components
+def _lora_on_a_diffusers_folder(prepared, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A tiny generator saved as a diffusers folder (the stand-in for RoentGen) and the
+    overrides that train a LoRA generator on it without VAE training."""
+    from trcgl.diffusion.components import load_components, save_components
 
-    run, overrides = prepared
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    _, overrides = prepared
     base = save_components(load_components(None, {"image_size": 32}), tmp_path / "base-model")
-    args = [
+    return base, [
         *overrides,
         *TINY_DIFFUSION,
         f"diffusion.source={base}",
@@ -204,6 +203,16 @@ def test_a_diffusers_folder_as_source_with_lora(prepared, tmp_path):
         "diffusion.lora_rank=2",
         "diffusion.vae_steps=0",
     ]
+
+
+def test_a_diffusers_folder_as_source_with_lora(prepared, tmp_path):
+    """The GPU path (diffusion.source = a Stable-Diffusion-style folder, LoRA), on tiny parts."""
+    from trcgl.diffusion.components import LORA_FOLDER
+
+    run, _ = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    base, args = _lora_on_a_diffusers_folder(prepared, tmp_path)
     cfg = load_config("nih-demo", args)
     record = stage.train_stage(cfg, copy, progress=False)
     assert record["source"] == str(base) and record["vae"] is None
@@ -268,3 +277,52 @@ def test_bf16_sampling_stays_close_to_fp32(synthesized, tmp_path):
     assert fp32.keys() == bf16.keys()
     diff = np.mean([np.abs(fp32[k].astype(int) - bf16[k].astype(int)).mean() for k in fp32])
     assert diff < 8  # mean absolute difference in grey levels (of 255)
+
+
+def test_two_process_generator_training_equals_one_process_with_the_whole_batch(prepared, tmp_path):
+    """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion train` with batch 2 per process
+    (DDP over C and the LoRA weights, CPU / gloo) trains the same generator as one process
+    with batch 4: the same logged losses and dropped conditions, the same C and adapter."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from trcgl.diffusion.components import LORA_FOLDER
+
+    run, _ = prepared
+    _, args = _lora_on_a_diffusers_folder(prepared, tmp_path)
+    args.append("diffusion.cond_dropout=0.5")
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    stage.train_stage(
+        load_config("nih-demo", [*args, "diffusion.batch_size=4"]), one, progress=False
+    )
+    two = tmp_path / "two"
+    shutil.copytree(run, two)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "diffusion", "train"]
+    result = subprocess.run(
+        [*command, "-c", "nih-demo", "--run-dir", str(two), *args, "diffusion.batch_size=2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stage._record(two, "train")["processes"] == 2
+    assert result.stdout.count("generator training: device cpu") == 1
+
+    def log(r: Path) -> list[tuple[float, int]]:
+        rows = (r / "diffusion" / "loss.jsonl").read_text().splitlines()
+        return [(json.loads(x)["loss"], json.loads(x)["dropped"]) for x in rows]
+
+    assert [d for _, d in log(one)] == [d for _, d in log(two)]
+    assert [v for v, _ in log(one)] == pytest.approx([v for v, _ in log(two)], abs=1e-5)
+    for name in ("context.safetensors", f"{LORA_FOLDER}/adapter_model.safetensors"):
+        a = load_file(str(one / "diffusion" / "generator" / name))
+        b = load_file(str(two / "diffusion" / "generator" / name))
+        assert a.keys() == b.keys()
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4, name

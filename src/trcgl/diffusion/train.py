@@ -32,7 +32,10 @@ and E_cond = concat_seq(C, E_n) (Eq. 2).
   ``out_dir/train.json``: the summary :func:`train_generator` returns; ``out_dir/
   context.safetensors``: the trained C.
 
-Multi-GPU data parallelism is not done here (one device).
+Under ``accelerate launch`` / ``torchrun`` it runs data-parallel: every process draws the
+same randomness for the whole step, takes its slice of the batch, and DDP all-reduces the
+gradients of C and the UNet's trainable weights (``batch_size`` is per process); the main
+process writes the log, the checkpoints and the summary.
 """
 
 from __future__ import annotations
@@ -203,12 +206,22 @@ class PromptImageDataset(Dataset[tuple[Tensor, str]]):
 
 class _StepBatches(Sampler[list[int]]):
     """Index batches for steps ``start … stop−1``: epoch e is a permutation seeded by
-    (seed, e), so the batch of a step does not depend on where a run was resumed."""
+    (seed, e), so the batch of a step does not depend on where a run was resumed. With
+    ``shard = (rank, processes)`` a process gets its ``1/processes`` slice of each batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.stop = start, stop
         self.per_epoch = max(1, n // batch_size)
+        self.rank, self.processes = shard
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -222,7 +235,9 @@ class _StepBatches(Sampler[list[int]]):
                 perm = torch.randperm(self.n, generator=g)
                 epoch_seen = epoch
             assert perm is not None
-            yield perm[j * self.batch_size : (j + 1) * self.batch_size].tolist()
+            batch = perm[j * self.batch_size : (j + 1) * self.batch_size]
+            local = len(batch) // self.processes
+            yield batch[self.rank * local : (self.rank + 1) * local].tolist()
 
 
 # -- Eq. 3 ----------------------------------------------------------------------------------------
@@ -292,6 +307,21 @@ def _condition(conditioner: PromptConditioner, text: Tensor) -> Tensor:
     """Eq. 2: concat_seq(C, E_n) for a batch of E_n (= ``conditioner.encode``)."""
     context = conditioner.context.unsqueeze(0).expand(text.shape[0], -1, -1)
     return torch.cat([context, text.to(conditioner.context.dtype)], dim=1)
+
+
+class _Denoiser(torch.nn.Module):
+    """What trains (C and the UNet) as one module whose forward is Eq. 3's loss on a
+    micro-batch, so that DDP all-reduces the gradients of exactly the trainable weights."""
+
+    def __init__(self, components: Components, conditioner: PromptConditioner) -> None:
+        super().__init__()
+        self.unet = components.unet
+        self.conditioner = conditioner
+        self.components = components
+
+    def forward(self, latents: Tensor, text: Tensor, timesteps: Tensor, noise: Tensor) -> Tensor:
+        condition = _condition(self.conditioner, text)
+        return diffusion_loss(self.components, latents, condition, timesteps, noise)
 
 
 @torch.no_grad()
@@ -518,6 +548,13 @@ def train_generator(
         cpu=cpu or not torch.cuda.is_available(),
     )
     device = accelerator.device
+    main, processes = accelerator.is_main_process, accelerator.num_processes
+    local_batch = config.batch_size * config.grad_accumulation
+    if processes > 1 and n < local_batch * processes:
+        raise DataError(
+            f"{n} training images are fewer than one step's batch of {local_batch * processes} "
+            f"(diffusion.batch_size × grad_accumulation × {processes} processes)"
+        )
     unet, vae = components.unet, components.vae
     components.to(device)
     conditioner.to(device)
@@ -551,12 +588,14 @@ def train_generator(
         start = resumed_from = int(saved["step"])
         state_extra = {"loss_before": saved.get("loss_before")}
         log.info("resuming the generator training at step %d from %s", start, checkpoint)
-    elif not resume:
+    elif not resume and main:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOSS_LOG
-    kept = _read_log(log_path, start) if checkpoint is not None else []
-    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = _read_log(log_path, start) if checkpoint is not None else []
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+    accelerator.wait_for_everyone()
 
     prompts = getattr(dataset, "prompts", None)
     text = _TextTable(conditioner, prompts, max_text_table)
@@ -573,14 +612,24 @@ def train_generator(
 
     if checkpoint is None:
         state_extra = {"loss_before": check_loss()}
-    optimizer = accelerator.prepare(optimizer)
+    denoiser: torch.nn.Module = _Denoiser(components, conditioner)
+    if processes > 1:  # DDP over C and the UNet's trainable weights
+        denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
+    else:
+        optimizer = accelerator.prepare(optimizer)
     raw_optimizer = getattr(optimizer, "optimizer", optimizer)
     trainable = [conditioner.context, *unet_params]
 
+    rank = accelerator.process_index
     loader = DataLoader(
         dataset,
         batch_sampler=_StepBatches(
-            n, config.batch_size * config.grad_accumulation, config.seed, start, config.steps
+            n,
+            local_batch * processes,
+            config.seed,
+            start,
+            config.steps,
+            shard=(rank, processes),
         ),
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(config.seed),
@@ -591,8 +640,9 @@ def train_generator(
     step = start
     unet.train()
     conditioner.train()
+    progress = progress and main
     if progress:
-        say(runtime_line("generator training", device, accelerator.mixed_precision))
+        say(runtime_line("generator training", device, accelerator.mixed_precision, processes))
     bar = _progress(progress, config.steps, start)
     try:
         for images, batch_prompts in loader:
@@ -601,37 +651,45 @@ def train_generator(
                 _check_size(images, components, config)
             b = images.shape[0]
             images = images.to(device=device, dtype=torch.float32)
-            # All of the step's randomness is drawn for the whole batch first (the VAE
-            # posterior's noise, t, ε, the dropped conditions), so k accumulated micro-batches
-            # take exactly the step that one batch of k × batch_size would.
+            # All of the step's randomness is drawn for the whole batch of all processes first
+            # (the VAE posterior's noise, t, ε, the dropped conditions; every process draws
+            # the same), and each process takes its slice: k accumulated micro-batches on N
+            # processes take exactly the step that one batch of k × N × batch_size would.
             side = images.shape[-1] // components.vae_scale_factor
-            shape = (b, components.latent_channels, side, side)
-            posterior = torch.randn(shape, generator=generator)
-            timesteps = torch.randint(0, total_t, (b,), generator=generator).to(device)
-            noise = torch.randn(shape, generator=generator).to(device)
-            drop = (torch.rand(b, generator=generator) < config.cond_dropout).to(device)
+            whole = b * processes
+            shape = (whole, components.latent_channels, side, side)
+            mine = slice(rank * b, (rank + 1) * b)
+            posterior = torch.randn(shape, generator=generator)[mine]
+            timesteps = torch.randint(0, total_t, (whole,), generator=generator)[mine].to(device)
+            noise = torch.randn(shape, generator=generator)[mine].to(device)
+            dropped = torch.rand(whole, generator=generator) < config.cond_dropout
+            drop = dropped[mine].to(device)
             embeddings = text(list(batch_prompts))
             if bool(drop.any()):
                 empty = text([""]).expand(b, -1, -1)
                 embeddings = torch.where(drop[:, None, None], empty, embeddings)
-            value = 0.0
-            for part in torch.arange(b).split(config.batch_size):
+            value = torch.zeros((), device=device)
+            parts = torch.arange(b).split(config.batch_size)
+            for j, part in enumerate(parts):
                 lo, hi = int(part[0]), int(part[-1]) + 1
                 with torch.no_grad(), accelerator.autocast():
                     latents = components.encode(images[lo:hi], noise=posterior[lo:hi]).float()
-                condition = _condition(conditioner, embeddings[lo:hi])
-                with accelerator.autocast():
-                    loss = diffusion_loss(
-                        components, latents, condition, timesteps[lo:hi], noise[lo:hi]
-                    )
-                share = (hi - lo) / b
-                value += float(loss.detach()) * share
-                if not math.isfinite(value):
-                    raise TrcglError(
-                        f"the diffusion loss is {value} at step {step + 1}: lower the learning "
-                        "rates or use mixed_precision='no'"
-                    )
-                accelerator.backward(loss * share)
+                # Micro-batches before the last skip DDP's all-reduce.
+                sync = j == len(parts) - 1 or processes == 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(denoiser):
+                    with accelerator.autocast():
+                        loss = denoiser(latents, embeddings[lo:hi], timesteps[lo:hi], noise[lo:hi])
+                    share = (hi - lo) / b
+                    accelerator.backward(loss * share)
+                value += loss.detach().float() * share
+            if processes > 1:
+                value = accelerator.reduce(value, reduction="mean")
+            value = float(value)
+            if not math.isfinite(value):
+                raise TrcglError(
+                    f"the diffusion loss is {value} at step {step + 1}: lower the learning "
+                    "rates or use mixed_precision='no'"
+                )
             if config.grad_clip:
                 accelerator.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
@@ -639,10 +697,11 @@ def train_generator(
             step += 1
             seconds = time.perf_counter() - t0
             times.append(seconds)
-            row = {"step": step, "loss": value, "dropped": int(drop.sum()), "seconds": seconds}
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            row = {"step": step, "loss": value, "dropped": int(dropped.sum()), "seconds": seconds}
+            if main:
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if main and (step % config.checkpoint_every == 0 or step == config.steps):
                 save_generator_checkpoint(
                     out / CHECKPOINTS, step, conditioner, unet, raw_optimizer, generator, base
                 )
@@ -655,6 +714,7 @@ def train_generator(
         unet.requires_grad_(False)
         conditioner.eval()
 
+    accelerator.wait_for_everyone()
     rows = _read_log(log_path)
     losses = [r["loss"] for r in rows]
     summary = {
@@ -671,10 +731,13 @@ def train_generator(
         "images": n,
         "device": str(device),
         "mixed_precision": accelerator.mixed_precision,
+        "processes": processes,
         "config": settings,
     }
-    conditioner.save_context(out / CONTEXT_FILE)
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    if main:
+        conditioner.save_context(out / CONTEXT_FILE)
+        atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
     return summary
 
 

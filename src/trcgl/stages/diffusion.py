@@ -260,8 +260,14 @@ def check_settings(cfg: Config) -> None:
 def train_stage(
     cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train the generator (Eq. 3) on the run's real tail images; returns the stage record."""
+    """Train the generator (Eq. 3) on the run's real tail images; returns the stage record.
+
+    Under ``accelerate launch`` / ``torchrun`` every process trains its shard of each batch
+    (:func:`~trcgl.diffusion.train.train_generator`); the main process builds the image cache
+    and the tiny generator's VAE first, then saves the generator and writes the record."""
     check_settings(cfg)
+    from accelerate import PartialState
+
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.families import generator_family
     from trcgl.diffusion.generator_folder import save_generator_folder
@@ -270,9 +276,13 @@ def train_stage(
 
     run_dir = Path(run_dir)
     out = run_dir / DIFFUSION_DIR
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
     if force:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(run_dir / SYNTHETIC_DIR, ignore_errors=True)
+        if main:
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(run_dir / SYNTHETIC_DIR, ignore_errors=True)
+        state.wait_for_everyone()
     elif stage_done(run_dir, "train"):
         return _record(run_dir, "train") or {}
     started = time.time()
@@ -280,17 +290,21 @@ def train_stage(
     data = RunDir(run_dir).training_data()
     plan = plan_for_run(cfg, run_dir, data=data)
     if plan.empty:
-        return _write_record(
-            run_dir, "train", {"skipped": "no tail class needs synthetic images"}, started
-        )
+        if main:
+            _write_record(
+                run_dir, "train", {"skipped": "no tail class needs synthetic images"}, started
+            )
+        state.wait_for_everyone()
+        return _record(run_dir, "train") or {}
     source = _source(cfg)
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
-    dataset, rows = _dataset(cfg, run_dir, data, progress, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    if source:
-        components = generator_family(d.generator).from_pretrained(source)
-    else:
-        components = _tiny_base(cfg, out, dataset, progress)
+    with state.main_process_first():  # the cache and the tiny VAE: built once, then read
+        dataset, rows = _dataset(cfg, run_dir, data, progress and main, tokenizer)
+        out.mkdir(parents=True, exist_ok=True)
+        if source:
+            components = generator_family(d.generator).from_pretrained(source)
+        else:
+            components = _tiny_base(cfg, out, dataset, progress and main)
     conditioner = PromptConditioner(
         components.text_encoder, components.tokenizer, num_context=d.num_context
     )
@@ -298,6 +312,9 @@ def train_stage(
         torch.manual_seed(d.seed)
         torch.nn.init.normal_(conditioner.context, std=0.02)
     summary = train_generator(components, conditioner, dataset, d, out, progress=progress)
+    if not main:
+        state.wait_for_everyone()
+        return _record(run_dir, "train") or {}
     components.to("cpu")
     conditioner.to("cpu")
     generator = save_generator_folder(
@@ -308,7 +325,7 @@ def train_stage(
         unet_mode=d.unet_mode,
     )
     vae = json.loads((out / "vae.json").read_text()) if (out / "vae.json").is_file() else None
-    return _write_record(
+    record = _write_record(
         run_dir,
         "train",
         {
@@ -319,10 +336,13 @@ def train_stage(
             "loss_before": summary["loss_before"],
             "loss_after": summary["loss_after"],
             "steps": summary["steps"],
+            "processes": summary["processes"],
             "vae": vae,
         },
         started,
     )
+    state.wait_for_everyone()
+    return record
 
 
 def load_generator(run_dir: str | Path, num_context: int | None = None, base: str | None = None):
