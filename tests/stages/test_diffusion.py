@@ -231,12 +231,31 @@ def _pngs(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run / "synthetic" / "images").glob("*.png"))}
 
 
-def test_two_processes_write_the_same_images_as_one(synthesized, tmp_path):
-    """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion sample` (CPU, gloo): the seeded
-    chunks are shared out, and the files are byte for byte those of one process."""
+def _two_processes(command: str, run: Path, args: list[str]):
+    """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion <command>` (CPU, gloo); its result."""
     import os
     import subprocess
     import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            *(str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "diffusion", command),
+            *("-c", "nih-demo", "--run-dir", str(run), *args),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_write_the_same_images_as_one(synthesized, tmp_path):
+    """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion sample` (CPU, gloo): the seeded
+    chunks are shared out, and the files are byte for byte those of one process."""
 
     run, args, _ = synthesized
     args = [*args, "diffusion.sample_chunk=2"]
@@ -248,17 +267,7 @@ def test_two_processes_write_the_same_images_as_one(synthesized, tmp_path):
     shutil.copytree(run, two)
     shutil.rmtree(two / "synthetic")
     (two / "synthetic").mkdir()
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "diffusion", "sample"]
-    result = subprocess.run(
-        [*command, "-c", "nih-demo", "--run-dir", str(two), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _two_processes("sample", two, args)
     assert stage._record(two, "sample")["processes"] == 2
     assert _pngs(two) == _pngs(one) and len(_pngs(one)) == record["made"]
     assert result.stdout.count("2 processes") == 1  # one runtime line, from the main process
@@ -283,10 +292,6 @@ def test_two_process_generator_training_equals_one_process_with_the_whole_batch(
     """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion train` with batch 2 per process
     (DDP over C and the LoRA weights, CPU / gloo) trains the same generator as one process
     with batch 4: the same logged losses and dropped conditions, the same C and adapter."""
-    import os
-    import subprocess
-    import sys
-
     from safetensors.torch import load_file
 
     from trcgl.diffusion.components import LORA_FOLDER
@@ -301,17 +306,7 @@ def test_two_process_generator_training_equals_one_process_with_the_whole_batch(
     )
     two = tmp_path / "two"
     shutil.copytree(run, two)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "diffusion", "train"]
-    result = subprocess.run(
-        [*command, "-c", "nih-demo", "--run-dir", str(two), *args, "diffusion.batch_size=2"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _two_processes("train", two, [*args, "diffusion.batch_size=2"])
     assert stage._record(two, "train")["processes"] == 2
     assert result.stdout.count("generator training: device cpu") == 1
 
