@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fullsize_parts import parameters, sd15_folder
+from fullsize_parts import RandomImages, parameters, sd15_folder
 from results_file import save
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fullsize.json"
@@ -88,21 +88,6 @@ def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-class _Images(torch.utils.data.Dataset):
-    """Random grayscale images in [-1, 1] with a prompt (time and memory only)."""
-
-    def __init__(self, n: int, size: int) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 1, size, size, generator=g) * 2 - 1
-        self.prompts = ["chest x-ray, PA view: pneumothorax, left apical"] * n
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.prompts[i]
-
-
 def generator_run(base: Path, settings: dict, size: int, batch: int, work: Path) -> dict:
     from trcgl.config import DiffusionConfig
     from trcgl.diffusion.components import load_components
@@ -125,7 +110,7 @@ def generator_run(base: Path, settings: dict, size: int, batch: int, work: Path)
         mixed_precision="auto",
         **settings,
     )
-    dataset = _Images(batch, size)
+    dataset = RandomImages(batch, size)
     summary = train_generator(components, conditioner, dataset, config, work / "train")
     rows = [json.loads(line) for line in (work / "train" / "loss.jsonl").read_text().splitlines()]
     result = {

@@ -97,3 +97,19 @@ def sd15_folder(folder: Path, *, tiny: bool = False, seed: int = 0) -> Path:
 
 def parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """``n`` random grayscale images in [-1, 1], one prompt each: what the generator's trainer
+    reads, for measuring time and memory only."""
+
+    def __init__(self, n: int, size: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 1, size, size, generator=g) * 2 - 1
+        self.prompts = ["chest x-ray, PA view: pneumothorax, left apical"] * n
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.prompts[i]

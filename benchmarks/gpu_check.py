@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fullsize_parts import sd15_folder
+from fullsize_parts import RandomImages, sd15_folder
 from results_file import save
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,19 +84,6 @@ def classifier(kind: str, backbone: str, a: argparse.Namespace, device: torch.de
     return {"images_per_s": a.steps * a.batch / seconds, "peak_gb": _peak_gb(device)}
 
 
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, n: int, size: int) -> None:
-        self.images = torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0))
-        self.images = self.images * 2 - 1
-        self.prompts = ["chest x-ray, PA view: pleural effusion"] * n
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.prompts[i]
-
-
 def generator(base: Path, ckpt: bool, a: argparse.Namespace, device: torch.device) -> dict:
     import json
 
@@ -123,7 +110,7 @@ def generator(base: Path, ckpt: bool, a: argparse.Namespace, device: torch.devic
     _reset(device)
     with tempfile.TemporaryDirectory() as work:
         train_generator(
-            components, conditioner, _Images(a.gen_batch * steps, a.gen_size), config, work
+            components, conditioner, RandomImages(a.gen_batch * steps, a.gen_size), config, work
         )
         rows = Path(work, "loss.jsonl").read_text().splitlines()
         seconds = [json.loads(r)["seconds"] for r in rows][1:] or [json.loads(rows[0])["seconds"]]
