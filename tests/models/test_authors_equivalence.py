@@ -240,3 +240,41 @@ def test_the_whole_authors_preset_forward_pass(graph, train):
     x = F.batch_norm(raw, *stats, bn.weight, bn.bias, training=train, momentum=0.0, eps=bn.eps)
     theirs = authors_head(model, x, train, seed=None)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+
+
+def test_table3_first_row_in_the_authors_reading_is_their_head_without_gate_and_labels(graph):
+    """Table 3's ××× in the authors' reading (`trcgl experiment table3` on a `-c authors` run):
+    the model keeps their spatial branch, s = s_gap + λ s_spatial with the GAP classifier's
+    shared weights on the ungated map (§6 with the gate and the label branch removed), and
+    trains on real images only; the equations' reading is the linear head alone."""
+    from trcgl.config import load_config
+    from trcgl.models.build import build_model
+    from trcgl.stages.experiments import variant_config, variants_for
+
+    cfg = load_config(
+        ["nih-demo", "authors"], ["model.backbone=convnextv2_atto", "model.pretrained=null"]
+    )
+    variants = {v.name: v for v in variants_for("table3")}
+    theirs_cfg, synthetic = variant_config(cfg, variants["××× (authors' reading)"], [])
+    assert not synthetic and variants["××× (authors' reading)"].paper == "ConvNeXt + CSRA"
+    torch.manual_seed(0)
+    model = build_model(theirs_cfg.model, CLASSES, graph).eval()
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(3, model.features.num_features, 4, 4, requires_grad=True)
+    ours = model.forward_head(x)["logits"]
+    w, b = model.classifier.weight, model.classifier.bias
+    flat = x.flatten(2)
+    a = torch.softmax(torch.einsum("cd,bdp->bcp", model.spatial.score_maps.weight, flat), -1)
+    s_spatial = (torch.einsum("bcp,bdp->bcd", a, flat) * w[None]).sum(-1) + b
+    want = x.mean(dim=(2, 3)) @ w.t() + b + 0.1 * s_spatial
+    torch.testing.assert_close(ours, want, atol=1e-6, rtol=1e-6)
+    g_ours = torch.autograd.grad(ours.sum(), x)[0]
+    g_want = torch.autograd.grad(want.sum(), x)[0]
+    torch.testing.assert_close(g_ours, g_want, atol=1e-5, rtol=1e-5)
+
+    plain_cfg, synthetic = variant_config(cfg, variants["backbone only"], [])
+    plain = build_model(plain_cfg.model, CLASSES, graph).eval()
+    assert not synthetic and variants["backbone only"].paper == "ConvNeXt"
+    want = x.mean(dim=(2, 3)) @ plain.classifier.weight.t() + plain.classifier.bias
+    torch.testing.assert_close(plain.forward_head(x)["logits"], want, atol=1e-6, rtol=1e-6)

@@ -118,6 +118,11 @@ def test_ablation_variants_switch_one_thing_each(prepared):
     assert not syn and real.model == full.model
     base, syn = configs["backbone only"]
     assert not syn and not (base.model.channel_attention or base.model.label_gcn)
+    assert not base.model.spatial_attention
+    # Table 3's first row as the authors' code reads it: the spatial branch stays.
+    authors, syn = configs["××× (authors' reading)"]
+    assert not syn and not (authors.model.channel_attention or authors.model.label_gcn)
+    assert authors.model.spatial_attention
 
 
 def test_paper_numbers_stand_beside_ours_on_padchest():

@@ -8,8 +8,9 @@ run has one, else ``val``):
   ConvNeXt + CSRA (the ``baselines/*`` presets, real images only) and TRCGL-Net;
 * Table 2 (frequency groups): head / medium / tail mAP, mAUC and F1 of the Table 1 variants;
 * Table 3 (ablation): TRCGL-Net with the diffusion data, the channel-class attention and the
-  label relation modelling switched off one at a time, and all off (the backbone with a
-  linear head on real images);
+  label relation modelling switched off one at a time, and all off in both readings of the
+  paper's first row: the backbone with a linear head on real images (the equations') and the
+  head with its spatial branch kept (the authors' code's, equal to their ConvNeXt + CSRA);
 * Table 4: w_syn ∈ {0.25, 0.5, 0.75}; Table 5: α ∈ {0.025, 0.05, 0.1}.
 
 A variant is the run's configuration with a preset layered on top and ``key=value`` overrides;
@@ -118,22 +119,40 @@ def _baselines() -> list[Variant]:
 
 
 def _ablation() -> list[Variant]:
+    """Table 3's rows. The paper's first row (×××: no diffusion data, no channel-class
+    attention, no label relation) is offered in both readings (docs/authors-code.md):
+
+    * ``backbone only`` — the equations' reading: the backbone with a linear head (s = s_gap,
+      Eq. 11), real images only; its paper number is Table 1's ConvNeXt row, the same model;
+    * ``××× (authors' reading)`` — the authors' code's: their head always keeps the class-aware
+      spatial branch (s_img = s_gap + λ s_spatial, Eq. 12–14), so "all off" leaves the gate
+      (Eq. 8–10) and the label branch (Eq. 21–25) out but the spatial branch in; this is why
+      the paper's ××× row equals its Table 1 "ConvNeXt + CSRA" row, its paper number here.
+
+    The other rows switch one module off (channel-class attention = gate and spatial branch).
+    """
     attention_off = ("model.channel_attention=false", "model.spatial_attention=false")
     rows = [
-        ("backbone only", (*attention_off, "model.label_gcn=false"), False),
-        ("w/o channel-class attention", attention_off, True),
-        ("w/o label relation", ("model.label_gcn=false",), True),
-        ("w/o diffusion data", (), False),
-        (FULL, (), True),
+        ("backbone only", (*attention_off, "model.label_gcn=false"), False, "ConvNeXt"),
+        (
+            "××× (authors' reading)",
+            ("model.channel_attention=false", "model.label_gcn=false"),
+            False,
+            "ConvNeXt + CSRA",
+        ),
+        ("w/o channel-class attention", attention_off, True, None),
+        ("w/o label relation", ("model.label_gcn=false",), True, None),
+        ("w/o diffusion data", (), False, None),
+        (FULL, (), True, FULL),
     ]
     out = []
-    for name, overrides, synthetic in rows:
+    for name, overrides, synthetic, paper in rows:
         columns = {
             "diffusion": synthetic,
             "channel-class attention": "model.channel_attention=false" not in overrides,
             "label relation": "model.label_gcn=false" not in overrides,
+            "spatial branch": "model.spatial_attention=false" not in overrides,
         }
-        paper = FULL if name == FULL else None
         out.append(Variant(name, (), overrides, synthetic, paper, columns))
     return out
 
