@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -22,7 +23,22 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstrings reflow into paragraphs
 )
-console = Console()
+
+#: Width of the output in a log file or pipe: a paper table with its paper columns fits.
+LOG_WIDTH = 240
+
+
+def _console() -> Console:
+    """The console: on a terminal rich fits the terminal's width; in a log file or a pipe (a
+    cluster job's output) it would fold every table to 80 columns and crop its cells to
+    "0.1…", so there it gets room for whole rows (``COLUMNS`` still decides where set)."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=LOG_WIDTH)
+
+
+console = _console()
 
 ConfigOption = Annotated[
     list[str],
