@@ -184,11 +184,13 @@ def evaluate_run(
     )
     payload["calibration"] = {
         "bins": CALIBRATION_BINS,
-        "ece": dict(zip(model.classes, map(float, ece), strict=True)),
-        "macro_ece": float(ece.mean()),
+        "ece": dict(zip(model.classes, map(_number, ece), strict=True)),
+        "macro_ece": _number(np.nanmean(ece) if np.isfinite(ece).any() else np.nan),
         "temperature": temperature,
         "temperature_fitted_on": "val",
-        "macro_ece_after_temperature": float(scaled.mean()),
+        "macro_ece_after_temperature": _number(
+            np.nanmean(scaled) if np.isfinite(scaled).any() else np.nan
+        ),
     }
     if ci is not None:
         payload["intervals"] = ci
@@ -230,7 +232,8 @@ def evaluate_run(
     ids = rows["image_id"].tolist()
     preds = pd.DataFrame(probs, columns=list(model.classes))
     preds.insert(0, "ImageID", ids)
-    truth = pd.DataFrame(labels.astype(int), columns=[f"label:{c}" for c in model.classes])
+    # True labels: 1, 0, empty where unknown.
+    truth = pd.DataFrame(labels, columns=[f"label:{c}" for c in model.classes]).astype("Int8")
     atomic_write_text(
         out / "predictions.csv", pd.concat([preds, truth], axis=1).to_csv(index=False)
     )
@@ -257,8 +260,8 @@ def evaluate_run(
     cal = payload["calibration"]
     tables += (
         f"\n## Calibration\n\nMacro expected calibration error ({CALIBRATION_BINS} bins): "
-        f"{cal['macro_ece']:.4f}; after temperature scaling (T = {temperature:.3f}, fitted on "
-        f"the validation split): {cal['macro_ece_after_temperature']:.4f}.\n"
+        f"{_fixed(cal['macro_ece'])}; after temperature scaling (T = {temperature:.3f}, fitted "
+        f"on the validation split): {_fixed(cal['macro_ece_after_temperature'])}.\n"
     )
     if ci is not None:
         tables += (
@@ -275,6 +278,15 @@ def evaluate_run(
     return Evaluation(
         report, name, split, out, ci, payload["calibration"], payload.get("localisation")
     )
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON; ``None`` where undefined (a class with no known label)."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _fixed(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 METHOD_NAMES = {
@@ -320,7 +332,7 @@ def explain_context(run_dir: Path, classes: tuple[str, ...]):
     if tuned is not None and all(c in tuned for c in classes):
         thresholds = np.array([tuned[c] for c in classes])
     manifest = Manifest.load(run / MANIFEST)
-    y = manifest.frame[list(classes)].to_numpy()
+    y = manifest.frame[list(classes)].to_numpy(dtype=float) == 1  # known positives
     names = [Path(p).name for p in manifest.frame["image"]]
     labels = {n: np.asarray(row) for n, row in zip(names, y, strict=True)}
     return thresholds, labels

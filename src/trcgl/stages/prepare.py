@@ -154,9 +154,12 @@ def check_images(result: ReadResult, image_root: Path, skip: bool) -> tuple[Read
 
 
 def label_statistics(manifest: Manifest) -> pd.DataFrame:
-    """Per class: images and patients with the class in each split present, and in all."""
+    """Per class: images and patients with the class (known positives) in each split present,
+    and in all; where some label is unknown, also the images whose label is unknown
+    (``unknown_<split>``)."""
     frame = manifest.frame
     y = manifest.labels().astype(bool)
+    unknown = ~manifest.known()
     out = pd.DataFrame({"class": list(manifest.classes)})
     present = [s for s in SPLITS if (frame["split"] == s).any()]
     for s in [*present, "all"]:
@@ -166,6 +169,8 @@ def label_statistics(manifest: Manifest) -> pd.DataFrame:
         out[f"patients_{s}"] = [
             len(np.unique(patients[y[rows, j]])) for j in range(len(manifest.classes))
         ]
+        if unknown.any():
+            out[f"unknown_{s}"] = unknown[rows].sum(axis=0)
     return out
 
 
@@ -216,6 +221,7 @@ def compute(config: Config, result: ReadResult) -> Prepared:
             s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS
         },
         "images_without_class": int((manifest.labels().sum(axis=1) == 0).sum()),
+        "unknown_labels": int((~manifest.known()).sum()),
         "dropped": dict(result.dropped),
         "groups": {
             "mode": config.groups.mode,

@@ -86,13 +86,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def predict_probabilities(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels over a loader (gathered across processes)."""
+    """Sigmoid probabilities and labels (1, 0, NaN where unknown) over a loader (gathered
+    across processes)."""
     model.eval()
     probs, labels = [], []
     for batch in loader:
         with accelerator.autocast():
             logits = model(batch["image"])["logits"]
-        p, y = accelerator.gather_for_metrics((torch.sigmoid(logits.float()), batch["labels"]))
+        y = torch.where(batch["mask"] != 0, batch["labels"], torch.nan)
+        p, y = accelerator.gather_for_metrics((torch.sigmoid(logits.float()), y))
         probs.append(p.cpu())
         labels.append(y.cpu())
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()
@@ -161,8 +163,8 @@ class Trainer:
         self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
         self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
         self.is_synthetic = torch.from_numpy(self.data.is_synthetic("train").copy())
-        labels = self.train_set.labels_matrix()
-        counts = labels[~self.is_synthetic.numpy()].sum(axis=0)
+        labels = self.train_set.labels_matrix()  # positives; an unknown label is 0
+        counts = labels[~self.is_synthetic.numpy()].sum(axis=0)  # known positives per class
         # DRW switches on for the last 20 % of stage 2, as at epoch 160 of 200 in Cao et al.
         options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
         options.update(t.loss_options)
@@ -170,9 +172,9 @@ class Trainer:
             t.loss, counts, int((~self.is_synthetic.numpy()).sum()), **options
         )
         if t.sampler == "repeat_factor":
-            self.factors = repeat_factors(labels, t.repeat_threshold)
+            self.factors = repeat_factors(self.train_set.label_values(), t.repeat_threshold)
         elif t.sampler == "authors":
-            self.factors = authors_repeat_factors(labels)
+            self.factors = authors_repeat_factors(self.train_set.label_values())
         else:
             self.factors = np.ones(len(labels))
         empty = [
@@ -348,6 +350,7 @@ class Trainer:
                 micro = i % accumulate
                 images = batch["image"].to(acc.device, memory_format=self.memory_format)
                 labels = batch["labels"].to(acc.device)
+                known = batch["mask"].to(acc.device)
                 weights = batch["weight"].to(acc.device).clone()
                 syn = self.is_synthetic[batch["index"]].to(acc.device)
                 weights[syn] = w_syn
@@ -371,7 +374,7 @@ class Trainer:
                     g["lr"] = g["base_lr"] * factor
                 with acc.autocast():
                     logits = model(images)["logits"]
-                loss = self.loss_fn(logits.float(), labels, weights)
+                loss = self.loss_fn(logits.float(), labels, weights, known)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss.item()} at epoch {epoch}, step {i}: lower the "
