@@ -27,6 +27,13 @@ def nih_sample() -> Path:
     return Path(str(resources.files("trcgl.resources").joinpath("nih_sample")))
 
 
+def wheel_csv(name: str) -> Path:
+    """A label file shipped in the installed torchxrayvision wheel (a trcgl dependency)."""
+    path = installed_label_csv(name)
+    assert path is not None, f"torchxrayvision (a trcgl dependency) ships {name}"
+    return path
+
+
 @pytest.fixture(scope="session")
 def padchest_csv() -> Path:
     """The real 160,861-row PadChest label CSV shipped in the torchxrayvision wheel."""

@@ -7,7 +7,9 @@ from trcgl.errors import ConfigError
 
 
 def test_presets_exist_and_load():
-    assert {"padchest", "cxrlt2026", "nih", "nih-demo"} <= set(preset_names())
+    assert {"padchest", "cxrlt2026", "nih", "nih-demo", "chexpert", "vindr"} <= set(preset_names())
+    assert load_config("chexpert").data.uncertain == "ignore"
+    assert load_config("vindr").data.aggregation == "majority"
     cfg = load_config("padchest")
     assert cfg.data.format == "padchest" and cfg.groups.head == 5000 and cfg.graph.tau == 0.02
     assert load_config("nih-demo").images.size == 128

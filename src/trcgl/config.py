@@ -62,11 +62,13 @@ class DataConfig:
     """Where the labels and images are, and how to read them."""
 
     #: A registered format (``trcgl formats`` lists them): ``cxrlt`` (CXR-LT 2026 CSV),
-    #: ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV), ``plain`` (image,
-    #: patient_id, labels).
+    #: ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV), ``nih_google`` (Google's
+    #: expert labels of NIH images), ``chexpert``, ``mimic`` (MIMIC-CXR-JPG), ``cxrlt_mimic``
+    #: (CXR-LT 2023 / 2024 CSVs), ``vindr`` (VinDr-CXR), ``wide`` (a 0/1 column per class),
+    #: ``plain`` (image, patient_id, labels).
     format: str = "padchest"
-    #: The label CSV. ``None``: for ``padchest`` and ``nih``, the copy shipped inside the
-    #: installed ``torchxrayvision`` wheel.
+    #: The label CSV. ``None``: for ``padchest``, ``nih``, ``nih_google``, ``chexpert`` and
+    #: ``vindr``, the copy shipped inside the installed ``torchxrayvision`` wheel.
     labels_csv: str | None = None
     #: Folder the manifest's image paths are relative to. ``None``: labels only.
     image_root: str | None = None
@@ -88,8 +90,27 @@ class DataConfig:
     #: the class maps against them; only formats with a box reader have them (``nih``).
     boxes: bool = True
     #: The box file. ``None``: the format's copy inside the installed ``torchxrayvision`` wheel
-    #: (NIH's ``BBox_List_2017.csv.gz``).
+    #: (NIH's ``BBox_List_2017.csv.gz``); VinDr-CXR's boxes are in its label CSV.
     boxes_csv: str | None = None
+    #: An uncertain label (``-1``: CheXpert, MIMIC-CXR, ``wide``) becomes positive (``ones``,
+    #: the CheXpert paper's U-Ones), negative (``zeros``, U-Zeros) or unknown (``ignore``,
+    #: U-Ignore: left out of the loss and the metrics).
+    uncertain: Literal["ones", "zeros", "ignore"] = "ignore"
+    #: A blank label cell (the report does not mention the finding) is negative (``zero``) or
+    #: unknown (``unknown``).
+    blank: Literal["zero", "unknown"] = "zero"
+    #: ``wide`` CSVs: the column of each manifest field (``image``, ``patient_id``, and
+    #: optionally ``image_id`` and ``view``) and of any class whose column is not named by the
+    #: class, e.g. ``{image: file, patient_id: subject, Effusion: pleural_effusion}``.
+    columns: dict[str, str] = field(default_factory=dict)
+    #: VinDr-CXR: how the readers of an image are combined per class: ``any`` (one reader is
+    #: enough), ``majority`` (more than half of them) or ``strict`` (they must all agree; an
+    #: image they disagree on is an error).
+    aggregation: Literal["any", "majority", "strict"] = "majority"
+    #: VinDr-CXR boxes are in pixels of the original DICOM: a CSV of ``image_id``, ``width``,
+    #: ``height`` (pixels) to turn them into image fractions. ``None``: read each DICOM header
+    #: (``train/<image_id>.dicom`` under ``data.image_root``); with neither, no boxes are kept.
+    image_sizes: str | None = None
 
 
 @dataclass
@@ -99,6 +120,9 @@ class SplitConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     seed: int = 0
+    #: Keep the split the data set is published with (MIMIC-CXR-JPG's ``-split.csv``, a
+    #: CXR-LT ``split`` column) instead of drawing one; only formats that read one.
+    given: bool = False
 
 
 @dataclass
@@ -521,6 +545,11 @@ class Config:
             raise ConfigError(f"data.format {d.format!r} needs data.classes or data.vocabulary")
         if fmt.installed_csv is None and d.labels_csv is None:
             raise ConfigError(f"data.labels_csv is required for data.format {d.format!r}")
+        if self.split.given and not fmt.split:
+            raise ConfigError(
+                f"split.given: data.format {d.format!r} reads no published split; "
+                "set split.given=false to split by patient"
+            )
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:

@@ -96,11 +96,15 @@ def read_boxes(config: Config, manifest: Manifest) -> pd.DataFrame | None:
         return None
     if data.boxes_csv is not None:
         path = resolve_path(data.boxes_csv)
+    elif fmt.boxes_from_labels:
+        path = label_csv_path(config)
     else:
         path = installed_label_csv(fmt.installed_boxes) if fmt.installed_boxes else None
         if path is None:
             return None
-    boxes = fmt.read_boxes(path, manifest.classes)
+    boxes = fmt.read_boxes(path, manifest, data)
+    if boxes is None:
+        return None
     keep = boxes["image_id"].isin(set(manifest.frame["image_id"].astype(str)))
     return boxes[keep].reset_index(drop=True)
 
@@ -121,9 +125,11 @@ def class_names(config: Config) -> tuple[str, ...]:
 
 
 def read_dataset(config: Config) -> ReadResult:
-    """Read the configured label file into a manifest and apply the view / exclusion filters."""
+    """Read the configured label file into a manifest (its ``dataset`` column: the format's
+    name) and apply the view / exclusion filters."""
     data = config.data
     result = DATA_FORMATS.get(data.format).read(label_csv_path(config), class_names(config), data)
+    result.manifest.frame["dataset"] = data.format
     exclude: set[str] = set()
     for item in data.exclude:
         exclude |= read_exclusion_list(resolve_path(item))
@@ -174,6 +180,29 @@ def label_statistics(manifest: Manifest) -> pd.DataFrame:
     return out
 
 
+def given_split(result: ReadResult) -> Manifest:
+    """The manifest with the split its reader gave (``split.given``): every row must have one,
+    and no patient may be in two splits."""
+    frame = result.manifest.frame
+    missing = ~frame["split"].isin(SPLITS).to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(
+            f"no published split for image {frame['image_id'].iloc[i]!r} (split.given)",
+            path=result.source,
+            row=int(result.rows[i]),
+        )
+    spread = frame.groupby("patient_id")["split"].nunique()
+    if (spread > 1).any():
+        patient = spread.index[int(np.flatnonzero(spread.to_numpy() > 1)[0])]
+        raise DataError(
+            f"patient {patient!r} is in two published splits; set split.given=false to split "
+            "by patient",
+            path=result.source,
+        )
+    return result.manifest
+
+
 #: The sections whose values decide what ``prepare`` writes.
 PREPARE_SECTIONS = ("data", "split", "groups", "graph", "images")
 
@@ -189,9 +218,15 @@ def compute(config: Config, result: ReadResult) -> Prepared:
     """Split, count and build the graph for the rows of ``result`` (no files written)."""
     if len(result.manifest) == 0:
         raise DataError("no images left after filtering", path=result.source)
-    manifest = split_patients(
-        result.manifest, config.split.val_fraction, config.split.test_fraction, config.split.seed
-    )
+    if config.split.given:
+        manifest = given_split(result)
+    else:
+        manifest = split_patients(
+            result.manifest,
+            config.split.val_fraction,
+            config.split.test_fraction,
+            config.split.seed,
+        )
     train = manifest.subset(split="train")
     if config.graph.include_synthetic is False:
         train = train.subset(source="real")
