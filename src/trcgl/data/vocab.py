@@ -10,7 +10,7 @@ is not published; its per-class counts on the real CSV are in the README.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -228,6 +228,9 @@ class FindingMapping:
 
     name: str
     targets: dict[str, tuple[str, ...]]
+    #: The table's file, and the first (1-based) data row of each finding, for errors.
+    path: Path | None = None
+    rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def unmapped(self) -> tuple[str, ...]:
@@ -236,6 +239,9 @@ class FindingMapping:
     def classes_of(self, finding: str) -> tuple[str, ...] | None:
         """Target classes of a finding, ``()`` when unmapped, ``None`` when unknown."""
         return self.targets.get(finding)
+
+    def row_of(self, finding: str) -> int | None:
+        return self.rows.get(finding)
 
 
 def mapping_path(name_or_path: str | Path = DEFAULT_PADCHEST_MAPPING) -> Path:
@@ -260,6 +266,7 @@ def load_mapping(
     path = mapping_path(name_or_path)
     known = set(classes)
     targets: dict[str, list[str]] = {}
+    rows: dict[str, int] = {}
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = {"finding", "class"} - set(reader.fieldnames or ())
@@ -272,6 +279,7 @@ def load_mapping(
                 raise DataError("empty finding", path=path, row=line, column="finding")
             if cls and cls not in known:
                 raise DataError(f"unknown class {cls!r}", path=path, row=line, column="class")
+            rows.setdefault(finding, line)
             entry = targets.setdefault(finding, [])
             if cls and cls not in entry:
                 entry.append(cls)
@@ -279,4 +287,6 @@ def load_mapping(
     return FindingMapping(
         name=path.stem,
         targets={f: tuple(sorted(t, key=order.__getitem__)) for f, t in targets.items()},
+        path=path,
+        rows=rows,
     )

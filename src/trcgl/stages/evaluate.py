@@ -1,6 +1,7 @@
 """``trcgl evaluate``: metrics of a model folder on a run split, in the paper's table layouts.
 
-Writes ``<run>/evaluation/<split>/``: ``metrics.json`` (everything), ``per_class.csv``,
+Writes ``<run>/evaluation/<split>/``: ``metrics.json`` (everything; with several data sets in
+the run, each data set's metrics under ``datasets``), ``per_class.csv``,
 ``predictions.csv`` (CXR-LT layout plus the true labels), ``tables.md`` (Table 1 and
 Table 2 layouts, :mod:`trcgl.evaluation.tables`) and, where the run has radiologist boxes
 (``boxes.parquet``) on the split, ``localisation.csv``: the pointing game and the maps' mass
@@ -13,7 +14,7 @@ thresholds); evaluated on the validation split itself, that F1 is optimistic and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ class Evaluation:
     intervals: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     localisation: dict[str, Any] | None = None
+    #: With several data sets in the run: each data set's metrics on the split.
+    datasets: dict[str, MetricsReport] = field(default_factory=dict)
 
 
 def evaluate_run(
@@ -139,6 +142,9 @@ def evaluate_run(
     )
     frame = data.manifest.frame
     rows = frame[frame["split"] == split]
+    by_dataset = per_dataset(
+        rows, labels, probs, model.classes, data.groups, thresholds, f1_thresholds, empty_classes
+    )
     ci: dict[str, Any] | None = None
     if bootstrap_resamples > 0:
         sample = bootstrap(
@@ -178,6 +184,10 @@ def evaluate_run(
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),
     }
+    if by_dataset:
+        payload["datasets"] = {
+            d: {"images": n, "patients": p, **r.to_dict()} for d, (n, p, r) in by_dataset.items()
+        }
     ece = expected_calibration_error(labels, probs, CALIBRATION_BINS)
     scaled = expected_calibration_error(
         labels, apply_temperature(probs, temperature), CALIBRATION_BINS
@@ -257,6 +267,19 @@ def evaluate_run(
         + markdown([table2_row(name, report)])
         + note
     )
+    if by_dataset:
+        tables += (
+            "\n## Per data set (Table 1 layout)\n\nOne model, trained on every data set of the "
+            "run, evaluated on each data set's images of this split; a class a data set does not "
+            "label (or has no positive for) is left out of that data set's means.\n\n"
+            + markdown(
+                [
+                    {"data set": d, "images": n, **table1_row(name, r)}
+                    for d, (n, _, r) in by_dataset.items()
+                ]
+            )
+            + "\n"
+        )
     cal = payload["calibration"]
     tables += (
         f"\n## Calibration\n\nMacro expected calibration error ({CALIBRATION_BINS} bins): "
@@ -276,8 +299,47 @@ def evaluate_run(
     # Last: the stage record, naming the training record (train.json) the model came from.
     record_dir.write_record(f"evaluate {split}", payload, started, inputs=("train",))
     return Evaluation(
-        report, name, split, out, ci, payload["calibration"], payload.get("localisation")
+        report,
+        name,
+        split,
+        out,
+        ci,
+        payload["calibration"],
+        payload.get("localisation"),
+        {d: r for d, (_, _, r) in by_dataset.items()},
     )
+
+
+def per_dataset(
+    rows: pd.DataFrame,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: tuple[str, ...],
+    groups: dict[str, list[str]],
+    thresholds: np.ndarray,
+    f1_thresholds: list[float],
+    empty_classes: str,
+) -> dict[str, tuple[int, int, MetricsReport]]:
+    """Where the split holds images of several data sets (``data.sources``): each data set's
+    images, patients and metrics (the thresholds tuned on the whole validation split);
+    empty for one data set."""
+    names = sorted(set(rows["dataset"].astype(str)) - {""})
+    if len(names) < 2:
+        return {}
+    out = {}
+    for name in names:
+        mine = (rows["dataset"] == name).to_numpy()
+        report = evaluate(
+            labels[mine],
+            probs[mine],
+            classes,
+            groups,
+            thresholds=thresholds,
+            f1_at=f1_thresholds,
+            empty_classes=empty_classes,
+        )
+        out[name] = (int(mine.sum()), int(rows.loc[mine, "patient_id"].nunique()), report)
+    return out
 
 
 def _number(value: float) -> float | None:

@@ -7,9 +7,10 @@ Read top to bottom:
    ``warmup_lr``; synthetic images weigh ``w_syn_warmup``;
 3. stage 2 (``epochs``): everything trained, backbone and head at their own learning rates and
    weight decays, linear warm-up then cosine decay; synthetic images weigh ``w_syn``;
-4. every epoch: validation mAP / mAUC / F1 overall and per frequency group (on the EMA
-   weights when EMA is on), a line in ``metrics.jsonl`` and TensorBoard, a checkpoint written
-   atomically, the best model saved as a model folder (``model/``), early stopping on mAP.
+4. every epoch: validation mAP / mAUC / F1 overall and per frequency group (and mAP per data
+   set with ``data.sources``; on the EMA weights when EMA is on), a line in ``metrics.jsonl``
+   and TensorBoard, a checkpoint written atomically, the best model saved as a model folder
+   (``model/``), early stopping on mAP.
 
 Resuming: an output folder with a checkpoint continues after its last finished epoch with the
 same weights, optimiser state, RNG states and data order, so a killed and resumed run ends
@@ -277,9 +278,20 @@ class Trainer:
             if tracker.name == "tensorboard":
                 tracker.writer.flush()
 
-    def validate(self, model: torch.nn.Module) -> MetricsReport:
+    def validate(self, model: torch.nn.Module) -> tuple[MetricsReport, dict[str, float]]:
+        """Validation metrics, and the mAP of each data set where the run has several."""
         probs, labels = predict_probabilities(model, self.val_loader, self.accelerator)
-        return evaluate(labels, probs, self.data.manifest.classes, self.data.groups)
+        classes = self.data.manifest.classes
+        report = evaluate(labels, probs, classes, self.data.groups)
+        datasets = self.val_set.manifest["dataset"].astype(str).to_numpy()
+        names = sorted(set(datasets) - {""})
+        by_dataset = {
+            name: evaluate(labels[datasets == name], probs[datasets == name], classes).summary[
+                "overall"
+            ]["mAP"]
+            for name in (names if len(names) > 1 else [])
+        }
+        return report, by_dataset
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -398,7 +410,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(acc.unwrap_model(model), step=self.state.step)
             eval_model = self.ema.module if self.ema is not None else model
-            report = self.validate(eval_model)
+            report, by_dataset = self.validate(eval_model)
             overall = report.summary["overall"]
             record = {
                 "epoch": epoch,
@@ -414,6 +426,7 @@ class Trainer:
                     for g in ("head", "medium", "tail")
                     if g in report.summary
                 },
+                **{f"val_mAP_{name}": value for name, value in by_dataset.items()},
             }
             self.state.history.append(record)
             improved = overall["mAP"] > self.state.best_map
