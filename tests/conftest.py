@@ -11,6 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from trcgl.data.readers import (
@@ -25,6 +26,32 @@ from trcgl.data.readers import (
 def nih_sample() -> Path:
     """The vendored real NIH sample folder (``Data_Entry_sample.csv`` + ``images/``)."""
     return Path(str(resources.files("trcgl.resources").joinpath("nih_sample")))
+
+
+def wheel_csv(name: str) -> Path:
+    """A label file shipped in the installed torchxrayvision wheel (a trcgl dependency)."""
+    path = installed_label_csv(name)
+    assert path is not None, f"torchxrayvision (a trcgl dependency) ships {name}"
+    return path
+
+
+def chexpert_standin(root: Path, nih_sample: Path, n: int = 80) -> tuple[Path, Path]:
+    """A CheXpert-layout data set: ``n`` real frontal rows of CheXpert's ``train.csv`` whose
+    images are NIH sample images saved as JPEG at each row's ``Path``. Returns the label CSV
+    and the image root."""
+    from PIL import Image
+
+    from trcgl.data.readers import CHEXPERT_CSV_NAME
+
+    rows = pd.read_csv(wheel_csv(CHEXPERT_CSV_NAME), nrows=5 * n, dtype=str)
+    rows = rows[rows["Frontal/Lateral"] == "Frontal"].head(n)
+    rows.to_csv(root / "chexpert.csv", index=False)
+    names = sorted(p.name for p in (nih_sample / "images").iterdir())[-n:]
+    for rel, name in zip(rows["Path"], names, strict=True):
+        target = root / "chexpert_images" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(nih_sample / "images" / name).convert("L").save(target, "JPEG")
+    return root / "chexpert.csv", root / "chexpert_images"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ from trcgl.errors import ConfigError
 
 
 def test_presets_exist_and_load():
-    assert {"padchest", "cxrlt2026", "nih", "nih-demo"} <= set(preset_names())
+    assert {"padchest", "cxrlt2026", "nih", "nih-demo", "chexpert", "vindr"} <= set(preset_names())
+    assert load_config("chexpert").data.uncertain == "ignore"
+    assert load_config("vindr").data.aggregation == "majority"
     cfg = load_config("padchest")
     assert cfg.data.format == "padchest" and cfg.groups.head == 5000 and cfg.graph.tau == 0.02
     assert load_config("nih-demo").images.size == 128
@@ -106,3 +108,29 @@ def test_cli_takes_c_twice_and_records_the_resolved_config(tmp_path, monkeypatch
 def test_layer_and_key_errors_name_them(layers, override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(layers, override)
+
+
+def test_data_sources_are_checked_before_any_work():
+    base = "data.sources=[{name: nih, format: nih}, {name: chex, format: chexpert}]"
+    sources = load_config("nih-demo", [base]).data.source_configs()
+    assert [(s.name, s.data.format, s.relabel) for s in sources] == [
+        ("nih", "nih", None),
+        ("chex", "chexpert", None),
+    ]
+    assert sources[1].data.uncertain == "ignore"  # a source's unset keys: their defaults
+    cases = [
+        ("[{name: a/b, format: nih}]", "letters, digits"),
+        ("[{name: a, format: nih}, {name: a, format: chexpert}]", "used twice"),
+        ("[{name: a, format: nhi}]", "did you mean 'nih'"),
+        ("[{name: a, format: nih, labls_csv: x}]", "unknown configuration key 'data.sources"),
+        ("[{name: a, format: plain}]", r"data.sources\[a\].labels_csv is required"),
+        ("[{name: a, format: plain, vocabulary: null, labels_csv: x}]", "needs data.sources"),
+        ("[{name: a, format: chexpert, relabel: t.csv}]", "data.vocabulary must name it"),
+        ("[{name: a, format: nih, sources: []}]", "cannot have sources of its own"),
+    ]
+    for value, message in cases:
+        overrides = [f"data.sources={value}"]
+        if "relabel" in value or "plain, vocabulary" in value:
+            overrides.append("data.vocabulary=null")
+        with pytest.raises(ConfigError, match=message):
+            load_config("nih-demo", overrides)

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import SMALL_CLASSES, TINY_DIFFUSION, TINY_TRAIN, invoke
+from tests.conftest import SMALL_CLASSES, TINY_DIFFUSION, TINY_TRAIN, chexpert_standin, invoke
 from trcgl.config import load_config
 from trcgl.data.vocab import CXRLT_CLASSES
 
@@ -84,10 +84,17 @@ COMMANDS: dict[str, Run | Skip] = {
         extra=["data.labels_csv={nih_csv}", "images.size=32"],
         expect=["runs/nih/prepare.json"],
     ),
+    "trcgl prepare --config chexpert": Run(expect=["runs/chexpert/prepare.json"]),
+    "trcgl prepare --config vindr": Run(expect=["runs/vindr/prepare.json"]),
     "trcgl prepare --config my.yaml --run-dir runs/exp1 split.seed=1 images.size=512": Run(
         expect=["runs/exp1/cache/512", "runs/exp1/prepare.json"]
     ),
     "trcgl list": Run(),
+    # -- Data sets and unknown labels
+    "trcgl run -c nih+chexpert.yaml diffusion.enabled=false": Run(
+        extra=[*TINY_TRAIN, "train.epochs=1"],
+        expect=["runs/nih+chexpert/evaluation/val/metrics.json"],
+    ),
     # -- Training, evaluation, prediction, attention maps
     "trcgl train -c padchest data.image_root=/data/padchest": Skip(PADCHEST),
     "trcgl train -c padchest -c baselines/resnet50 --run-dir runs/resnet50": Skip(PADCHEST),
@@ -280,7 +287,26 @@ def standins(nih_sample, prepared, trained_run, tmp_path_factory) -> dict[str, P
         "diffusers_folder": base,
         "trained_run": trained_run[0],
         "my_yaml": _my_yaml(root / "my.yaml", overrides),
+        "sources_yaml": _sources_yaml(root, nih_sample),
     }
+
+
+def _sources_yaml(root: Path, nih_sample: Path) -> Path:
+    """The README's two-data-set configuration, its image roots replaced by stand-ins: 120 NIH
+    sample images, and a CheXpert-layout stand-in (real CheXpert label rows)."""
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"^```yaml\n(# nih\+chexpert\.yaml\n.*?)^```", text, flags=re.M | re.S)
+    tree = yaml.safe_load(block.group(1))
+    pd.read_csv(nih_sample / "Data_Entry_sample.csv").head(120).to_csv(
+        root / "nih120.csv", index=False
+    )
+    chexpert_csv, chexpert_images = chexpert_standin(root, nih_sample, 60)
+    nih, chexpert = tree["data"]["sources"]
+    nih.update(labels_csv=str(root / "nih120.csv"), image_root=str(nih_sample / "images"))
+    chexpert.update(labels_csv=str(chexpert_csv), image_root=str(chexpert_images))
+    path = root / "nih+chexpert.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
 
 
 def _my_yaml(path: Path, overrides: list[str]) -> Path:
@@ -304,6 +330,7 @@ def _session_dir(tmp_path: Path, standins: dict[str, Path], commands: list[str])
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     shutil.copy(standins["my_yaml"], cwd / "my.yaml")
+    shutil.copy(standins["sources_yaml"], cwd / "nih+chexpert.yaml")
     for name in ("padchest", "demo"):
         reads = f"--run-dir runs/{name}"
         if any(reads in c and not c.startswith(("trcgl prepare", "trcgl demo")) for c in commands):
@@ -354,6 +381,9 @@ def _check_outputs(cwd: Path, outputs: dict[str, str]) -> None:
         for name in ("nih-demo", "baselines/resnet50", "padchest", "plain", "trcgl_net", "csra"):
             assert name in text
         assert "ldam_drw" in text and "gamma_neg" in text  # a loss and one of its options
+    if "trcgl run -c nih+chexpert.yaml diffusion.enabled=false" in commands:
+        metrics = json.loads((cwd / "runs/nih+chexpert/evaluation/val/metrics.json").read_text())
+        assert set(metrics["datasets"]) == {"nih", "chexpert"}
     if "trcgl compare runs/full runs/linear" in commands:
         text = outputs["trcgl compare runs/full runs/linear"]
         assert "paired bootstrap" in text and "Δ 95 % CI" in text

@@ -27,7 +27,7 @@ from trcgl.stages.train import trainer_for_run
 
 
 def test_unknown_names_are_refused_with_the_key_the_choices_and_a_suggestion():
-    with pytest.raises(ConfigError, match=r"data\.format: must be one of \['cxrlt', 'nih', "):
+    with pytest.raises(ConfigError, match=r"data\.format: must be one of \['chexpert', 'cxrlt', "):
         load_config("nih-demo", ["data.format=dicom"])
     with pytest.raises(ConfigError, match=r"got 'nhi'; did you mean 'nih'\?"):
         load_config("nih-demo", ["data.format=nhi"])

@@ -282,6 +282,8 @@ def evaluate_cmd(
     except TrcglError as exc:
         _fail(exc)
     console.print(metrics_table(f"{ev.name} on {split}", ev.report.summary))
+    for dataset, report in ev.datasets.items():
+        console.print(metrics_table(f"{ev.name} on {split}, {dataset} images", report.summary))
     if ev.intervals is not None:
         console.print(
             intervals_table(

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib.util
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -62,11 +63,13 @@ class DataConfig:
     """Where the labels and images are, and how to read them."""
 
     #: A registered format (``trcgl formats`` lists them): ``cxrlt`` (CXR-LT 2026 CSV),
-    #: ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV), ``plain`` (image,
-    #: patient_id, labels).
+    #: ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV), ``nih_google`` (Google's
+    #: expert labels of NIH images), ``chexpert``, ``mimic`` (MIMIC-CXR-JPG), ``cxrlt_mimic``
+    #: (CXR-LT 2023 / 2024 CSVs), ``vindr`` (VinDr-CXR), ``wide`` (a 0/1 column per class),
+    #: ``plain`` (image, patient_id, labels).
     format: str = "padchest"
-    #: The label CSV. ``None``: for ``padchest`` and ``nih``, the copy shipped inside the
-    #: installed ``torchxrayvision`` wheel.
+    #: The label CSV. ``None``: for ``padchest``, ``nih``, ``nih_google``, ``chexpert`` and
+    #: ``vindr``, the copy shipped inside the installed ``torchxrayvision`` wheel.
     labels_csv: str | None = None
     #: Folder the manifest's image paths are relative to. ``None``: labels only.
     image_root: str | None = None
@@ -88,8 +91,86 @@ class DataConfig:
     #: the class maps against them; only formats with a box reader have them (``nih``).
     boxes: bool = True
     #: The box file. ``None``: the format's copy inside the installed ``torchxrayvision`` wheel
-    #: (NIH's ``BBox_List_2017.csv.gz``).
+    #: (NIH's ``BBox_List_2017.csv.gz``); VinDr-CXR's boxes are in its label CSV.
     boxes_csv: str | None = None
+    #: An uncertain label (``-1``: CheXpert, MIMIC-CXR, ``wide``) becomes positive (``ones``,
+    #: the CheXpert paper's U-Ones), negative (``zeros``, U-Zeros) or unknown (``ignore``,
+    #: U-Ignore: left out of the loss and the metrics).
+    uncertain: Literal["ones", "zeros", "ignore"] = "ignore"
+    #: A blank label cell (the report does not mention the finding) is negative (``zero``) or
+    #: unknown (``unknown``).
+    blank: Literal["zero", "unknown"] = "zero"
+    #: ``wide`` CSVs: the column of each manifest field (``image``, ``patient_id``, and
+    #: optionally ``image_id`` and ``view``) and of any class whose column is not named by the
+    #: class, e.g. ``{image: file, patient_id: subject, Effusion: pleural_effusion}``.
+    columns: dict[str, str] = field(default_factory=dict)
+    #: VinDr-CXR: how the readers of an image are combined per class: ``any`` (one reader is
+    #: enough), ``majority`` (more than half of them) or ``strict`` (they must all agree; an
+    #: image they disagree on is an error).
+    aggregation: Literal["any", "majority", "strict"] = "majority"
+    #: VinDr-CXR boxes are in pixels of the original DICOM: a CSV of ``image_id``, ``width``,
+    #: ``height`` (pixels) to turn them into image fractions. ``None``: read each DICOM header
+    #: (``train/<image_id>.dicom`` under ``data.image_root``); with neither, no boxes are kept.
+    image_sizes: str | None = None
+    #: Several data sets in one run (:mod:`trcgl.data.sources`): a list of data sections, each
+    #: with a ``name`` (the manifest's ``dataset``; letters, digits, ``-``, ``_``), any
+    #: ``data.*`` key of its own (``format``, ``labels_csv``, ``image_root``, ``uncertain``,
+    #: …; unset keys take their defaults, not this section's values, except that a format
+    #: without a vocabulary of its own reads the shared one) and ``relabel``, a table
+    #: mapping its classes to the shared vocabulary (a shipped name such as
+    #: ``chexpert_to_nih15_v1.csv`` or a path; ``null``: the same class names). The shared
+    #: vocabulary is this section's ``classes`` or ``vocabulary``, or else the union of the
+    #: sources' classes. Empty: one data set, this section.
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def source_configs(self) -> list[SourceConfig]:
+        """The parsed ``sources``: each a name, its own data section and its relabel table."""
+        out: list[SourceConfig] = []
+        for i, entry in enumerate(self.sources):
+            key = f"data.sources[{i}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{key}: expected a mapping of data.* keys, got {entry!r}")
+            entry = dict(entry)
+            name, relabel = entry.pop("name", None), entry.pop("relabel", None)
+            if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{key}.name: a name of letters, digits, '-' and '_' is required, got {name!r}"
+                )
+            if relabel is not None and not isinstance(relabel, str):
+                raise ConfigError(f"{key}.relabel: expected a table name or path, got {relabel!r}")
+            if "sources" in entry:
+                raise ConfigError(f"{key}: a source cannot have sources of its own")
+            data = _build(DataConfig, entry, key)
+            if (
+                not (data.classes or data.vocabulary)
+                and not DATA_FORMATS.get(data.format).vocabulary
+            ):
+                # A format without a vocabulary of its own (plain, wide) reads the shared one.
+                data.classes, data.vocabulary = self.classes, self.vocabulary
+            out.append(SourceConfig(name, data, relabel))
+        names = [s.name for s in out]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"data.sources: the name(s) {repeated} are used twice")
+        return out
+
+    def prompt_style(self) -> str:
+        """The diffusion prompts' style: the format's, or ``plain`` for several data sets."""
+        return "plain" if self.sources else DATA_FORMATS.get(self.format).prompt_style
+
+
+#: A ``data.sources`` name: it prefixes ids and image paths, so no ``/`` or ``:``.
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass
+class SourceConfig:
+    """One data set of a multi-source run (``data.sources``)."""
+
+    name: str
+    data: DataConfig
+    #: The relabel table (source class → shared class; :mod:`trcgl.data.sources`) or ``None``.
+    relabel: str | None = None
 
 
 @dataclass
@@ -99,6 +180,9 @@ class SplitConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     seed: int = 0
+    #: Keep the split the data set is published with (MIMIC-CXR-JPG's ``-split.csv``, a
+    #: CXR-LT ``split`` column) instead of drawing one; only formats that read one.
+    given: bool = False
 
 
 @dataclass
@@ -515,12 +599,29 @@ class Config:
         self._validate_data()
 
     def _validate_data(self) -> None:
-        d = self.data
+        sources = self.data.source_configs()
+        for source in sources:
+            self._validate_source(source.data, f"data.sources[{source.name}]")
+        union = not (self.data.classes or self.data.vocabulary)
+        if union and any(s.relabel is not None for s in sources):
+            raise ConfigError(
+                "data.sources: a relabel table maps to the shared vocabulary, so data.classes "
+                "or data.vocabulary must name it"
+            )
+        if not sources:
+            self._validate_source(self.data, "data")
+
+    def _validate_source(self, d: DataConfig, key: str) -> None:
         fmt = DATA_FORMATS.get(d.format)
         if fmt.vocabulary is None and not (d.classes or d.vocabulary):
-            raise ConfigError(f"data.format {d.format!r} needs data.classes or data.vocabulary")
+            raise ConfigError(f"{key}.format {d.format!r} needs {key}.classes or {key}.vocabulary")
         if fmt.installed_csv is None and d.labels_csv is None:
-            raise ConfigError(f"data.labels_csv is required for data.format {d.format!r}")
+            raise ConfigError(f"{key}.labels_csv is required for {key}.format {d.format!r}")
+        if self.split.given and not fmt.split:
+            raise ConfigError(
+                f"split.given: {key}.format {d.format!r} reads no published split; "
+                "set split.given=false to split by patient"
+            )
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:

@@ -120,8 +120,8 @@ def test_missing_class_column_is_named(manifest: tuple[pd.DataFrame, Path]) -> N
 @pytest.mark.parametrize(
     ("column", "value", "match"),
     [
-        ("cardiomegaly", 2, "0 or 1"),
-        ("Normal", np.nan, "0 or 1"),
+        ("cardiomegaly", 2, "0, 1 or NaN"),
+        ("Normal", "yes", "0, 1 or NaN"),
         ("weight", -1.0, ">= 0"),
         ("weight", np.nan, "finite"),
         ("image", None, "not a path"),
@@ -250,3 +250,20 @@ def test_workers_augment_differently(tmp_path: Path) -> None:
     assert not all(torch.equal(images[i], images[i + 1]) for i in range(0, 8, 2))
     assert torch.equal(images, run(0))  # reproducible under torch.manual_seed
     assert not torch.equal(images, run(1))
+
+
+def test_unknown_labels_read_zero_and_are_masked(manifest: tuple[pd.DataFrame, Path]) -> None:
+    frame, root = manifest
+    frame = frame.astype({"cardiomegaly": float, "Normal": float})
+    frame.loc[1, "cardiomegaly"] = np.nan  # b.png: cardiomegaly unknown
+    frame.loc[4, "Normal"] = np.nan
+    ds = ManifestDataset(frame, CLASSES, root, build_transform(S, False))
+    item = ds[1]
+    assert item["labels"].tolist() == [0.0, 0.0, 1.0]
+    assert item["mask"].tolist() == [1.0, 0.0, 1.0]
+    assert item["mask"].dtype == torch.float32
+    assert ds[0]["mask"].tolist() == [1.0, 1.0, 1.0]
+    assert ds.labels_matrix()[:, 0].tolist() == [1, 0, 0, 0, 0]  # the unknown Normal reads 0
+    assert ds.known_matrix().sum() == 13
+    values = ds.label_values()
+    assert np.isnan(values[1, 1]) and np.isnan(values[4, 0]) and values[2, 1] == 1

@@ -41,6 +41,22 @@ def test_repeat_factor_threshold_is_a_parameter(labels):
         repeat_factors(labels, -1.0)
 
 
+def test_unknown_labels_leave_the_frequency_denominator(labels):
+    y = labels.astype(np.float64)
+    y[7:10, 1] = np.nan  # class 1: 2 positives among the 7 images where it is known
+    y[6, 2] = np.nan  # class 2: its only positive becomes unknown
+    r_c = class_repeat_factors(y, 0.5)
+    assert r_c.tolist() == pytest.approx([1.0, math.sqrt(0.5 / (2 / 7)), 1.0, 1.0])
+    r_i = repeat_factors(y, 0.5)
+    assert r_i.tolist() == pytest.approx([1.0] * 5 + [math.sqrt(0.5 / (2 / 7))] * 2 + [1.0] * 3)
+    # the authors' variant: shares of the positive labels, an unknown cell being none
+    from trcgl.data.sampling import authors_repeat_factors
+
+    np.testing.assert_array_equal(
+        authors_repeat_factors(y, 0.5), authors_repeat_factors(np.nan_to_num(y), 0.5)
+    )
+
+
 def test_bool_and_uncertain_labels(labels):
     as_bool = repeat_factors(labels.astype(bool), 0.5)
     with_uncertain = labels.astype(np.float32)

@@ -89,3 +89,39 @@ def test_bad_fractions():
         split_patients(m, 0.0)
     with pytest.raises(ConfigError):
         split_patients(m, 0.6, 0.5)
+
+
+def test_patients_are_stratified_on_their_known_positives():
+    records = pd.DataFrame(
+        {
+            "image": [f"{i}.png" for i in range(4)],
+            "image_id": [f"{i}.png" for i in range(4)],
+            "patient_id": ["p1", "p1", "p2", "p3"],
+        }
+    )
+    y = np.array([[np.nan, 0], [0, 1], [np.nan, np.nan], [1, np.nan]])
+    patients, union = patient_labels(build_manifest(records, y, ("a", "b")))
+    assert patients.tolist() == ["p1", "p2", "p3"]
+    # an unknown cell is no positive: p1 carries only b, p2 nothing, p3 only a
+    assert union.tolist() == [[0, 1], [0, 0], [1, 0]]
+
+
+def test_the_repair_counts_known_carriers_only():
+    # "rare" is known positive for 2 patients and unknown for 10 more: with two carriers the
+    # repair puts one in train and one in val; the unknown ones do not count as carriers.
+    n = 40
+    records = pd.DataFrame(
+        {
+            "image": [f"{i}.png" for i in range(n)],
+            "image_id": [f"{i}.png" for i in range(n)],
+            "patient_id": [f"p{i}" for i in range(n)],
+        }
+    )
+    y = np.zeros((n, 2))
+    y[::2, 0] = 1
+    y[[5, 6], 1] = 1
+    y[10:20, 1] = np.nan
+    for seed in range(4):
+        out = split_patients(build_manifest(records, y, ("common", "rare")), 0.2, seed=seed)
+        frame = out.frame
+        assert sorted(frame.loc[frame["rare"] == 1, "split"]) == ["train", "val"]

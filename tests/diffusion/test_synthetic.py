@@ -72,7 +72,7 @@ def test_rows_appended(tmp_path, with_localizations):
     assert syn["prompt"].tolist() == kept["prompt"].tolist()
     assert syn["view"].tolist() == kept["view"].tolist()
     np.testing.assert_array_equal(syn[list(CLASSES)].to_numpy(), kept[list(CLASSES)].to_numpy())
-    assert (out.frame[list(CLASSES)].dtypes == np.uint8).all()
+    assert (out.frame[list(CLASSES)].dtypes == np.float32).all()  # 1 / 0 / NaN (unknown)
     if with_localizations:
         assert syn["localizations"].isna().all()
 
@@ -130,3 +130,12 @@ def test_plot_grid(tmp_path):
     assert grid.is_file()
     with pytest.raises(DataError):
         plot_grid(images, ["one"], tmp_path / "bad.png")
+
+
+def test_an_unknown_label_of_the_source_stays_unknown(tmp_path):
+    manifest = _manifest()
+    manifest.frame.loc[1, "Normal"] = np.nan  # b: Normal unknown (b carries Hernia)
+    plan = plan_synthesis(manifest, ["Hernia"], target=3, dataset="plain")
+    assert len(plan) == 2 and plan["Normal"].isna().all()
+    out = append_synthetic(manifest, plan, _write_pngs(tmp_path, 2), w_syn=0.5)
+    assert not out.known()[4:, 0].any() and out.known()[4:, 1:].all()

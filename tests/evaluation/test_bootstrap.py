@@ -24,18 +24,21 @@ def data():
 
 
 def _reference(y, scores, repeat, classes, thresholds):
-    """Macro metrics with scikit-learn on the rows repeated ``repeat`` times."""
+    """Macro metrics with scikit-learn on the rows repeated ``repeat`` times (per class, the
+    rows whose label is known: not NaN)."""
     idx = np.repeat(np.arange(len(y)), repeat.astype(int))
-    yy, ss = y[idx], scores[idx]
+    yy, ss = np.asarray(y, dtype=float)[idx], scores[idx]
     ap, auc, f1, tuned = [], [], [], []
     for j in classes:
-        if not yy[:, j].any():
+        keep = ~np.isnan(yy[:, j])
+        yj, sj = yy[keep, j].astype(int), ss[keep, j]
+        if not yj.any():
             continue
-        ap.append(average_precision_score(yy[:, j], ss[:, j]))
-        f1.append(f1_score(yy[:, j], ss[:, j] >= 0.5, zero_division=0))
-        tuned.append(f1_score(yy[:, j], ss[:, j] >= thresholds[j], zero_division=0))
-        if not yy[:, j].all():
-            auc.append(roc_auc_score(yy[:, j], ss[:, j]))
+        ap.append(average_precision_score(yj, sj))
+        f1.append(f1_score(yj, sj >= 0.5, zero_division=0))
+        tuned.append(f1_score(yj, sj >= thresholds[j], zero_division=0))
+        if not yj.all():
+            auc.append(roc_auc_score(yj, sj))
     mean = lambda v: np.mean(v) if v else np.nan  # noqa: E731
     return {"mAP": mean(ap), "mAUC": mean(auc), "macro_F1": mean(f1), "macro_F1_tuned": mean(tuned)}
 
@@ -52,6 +55,21 @@ def test_every_resample_equals_scikit_learn_on_the_repeated_rows(data):
             for metric, value in expected.items():
                 got = sample.values[subset][metric][r]
                 assert got == pytest.approx(value, abs=1e-12, nan_ok=True), (r, subset, metric)
+
+
+def test_unknown_labels_are_left_out_of_their_class_in_every_resample(data):
+    y, scores, patients = data
+    values = y.astype(float)
+    values[np.random.default_rng(5).random(y.shape) < 0.3] = np.nan
+    values[:, 4] = np.nan  # a class no image is known for
+    thresholds = np.array([0.5, 0.45, 0.4, 0.35, 0.3])
+    weights = patient_weights(patients, 10, seed=4)
+    sample = bootstrap(values, scores, patients, CLASSES, GROUPS, thresholds, weights=weights)
+    for r in range(len(weights)):
+        expected = _reference(values, scores, weights[r], range(5), thresholds)
+        for metric, value in expected.items():
+            got = sample.values["overall"][metric][r]
+            assert got == pytest.approx(value, abs=1e-12, nan_ok=True), (r, metric)
 
 
 def test_weights_resample_whole_patients_reproducibly(data):

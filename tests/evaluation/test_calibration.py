@@ -61,3 +61,21 @@ def test_reliability_curve_counts_every_pair(data):
     mean_p, share, count = reliability_curve(y, p, 15)
     assert count.sum() == y.size and (np.diff(mean_p) > 0).all()
     assert ((share >= 0) & (share <= 1)).all()
+
+
+def test_unknown_labels_are_left_out(data):
+    y, p = data
+    values = y.astype(float)
+    unknown = np.random.default_rng(1).random(y.shape) < 0.3
+    values[unknown] = np.nan
+    ece = expected_calibration_error(values, p, 10)
+    for c in range(p.shape[1]):
+        keep = ~unknown[:, c]
+        alone = expected_calibration_error(y[keep, c : c + 1], p[keep, c : c + 1], 10)
+        assert ece[c] == pytest.approx(alone[0], abs=1e-12)
+    _, _, count = reliability_curve(values, p, 15)
+    assert count.sum() == (~unknown).sum()
+    flat = fit_temperature(y[~unknown][:, None], p[~unknown][:, None])
+    assert fit_temperature(values, p) == pytest.approx(flat, rel=1e-6)
+    none = np.full_like(values, np.nan)
+    assert np.isnan(expected_calibration_error(none, p)).all()

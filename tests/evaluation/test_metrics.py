@@ -353,9 +353,8 @@ def test_validation(fn) -> None:
         with pytest.raises(ValueError, match="binary"):
             fn(yb, s)
     yb = y.astype(float)
-    yb[0, 0] = np.nan
-    with pytest.raises(ValueError, match="binary"):
-        fn(yb, s)
+    yb[0, 0] = np.nan  # an unknown label: accepted (left out of its class)
+    assert np.asarray(fn(yb, s)).shape == (3,)
     with pytest.raises(ValueError, match="empty"):
         fn(np.zeros((0, 3)), np.zeros((0, 3)))
     with pytest.raises(ValueError, match="2-D"):
@@ -431,3 +430,73 @@ def test_empty_classes_counted_as_the_authors_code_does() -> None:
     assert np.isnan(counted.per_class["ap"].iloc[2])  # per-class cells stay empty
     with pytest.raises(ValueError, match="empty_classes"):
         evaluate(y, s, NAMES, empty_classes="zero")
+
+
+# ---- unknown labels (NaN): left out of their class ---------------------------------------
+
+
+def _with_unknown(seed: int, decimals: int | None = 2):
+    y, s = _data(seed, decimals=decimals)
+    rng = np.random.default_rng(seed + 100)
+    values = y.astype(np.float64)
+    values[rng.random(y.shape) < 0.25] = np.nan
+    return values, s
+
+
+def _sk_known(fn, values: np.ndarray, s: np.ndarray, **kw) -> np.ndarray:
+    """scikit-learn on each class's known rows only."""
+    out = []
+    for c in range(values.shape[1]):
+        keep = ~np.isnan(values[:, c])
+        out.append(_sk(fn, values[keep, c : c + 1].astype(int), s[keep, c : c + 1], **kw)[0])
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+def test_unknown_labels_are_left_out_of_their_class_as_scikit_learn_on_known_rows(decimals):
+    values, s = _with_unknown(3, decimals)
+    np.testing.assert_allclose(
+        average_precision(values, s), _sk_known(average_precision_score, values, s), atol=TOL
+    )
+    np.testing.assert_allclose(roc_auc(values, s), _sk_known(roc_auc_score, values, s), atol=TOL)
+    thr = np.linspace(0.2, 0.7, values.shape[1])
+    expected_f1 = []
+    for c, t in enumerate(thr):
+        keep = ~np.isnan(values[:, c])
+        expected_f1.append(_sk_f1(values[keep, c : c + 1].astype(int), s[keep, c : c + 1], t)[0])
+    np.testing.assert_allclose(f1_scores(values, s, thr), expected_f1, atol=TOL)
+    tuned = tune_thresholds(values, s)
+    for c in range(values.shape[1]):
+        keep = ~np.isnan(values[:, c])
+        y_c, s_c = values[keep, c : c + 1].astype(int), s[keep, c : c + 1]
+        assert tuned[c] in s_c  # a known row's score, never the unknown rows' −∞
+        np.testing.assert_allclose(_sk_f1(y_c, s_c, tuned[c]), _brute_best_f1(y_c, s_c))
+
+
+def test_unknown_labels_hand_worked():
+    # One class, five images; image 2 is unknown and scores highest of all.
+    y = np.array([1.0, np.nan, 0.0, 1.0, 0.0])
+    s = np.array([0.8, 0.95, 0.6, 0.4, 0.2])
+    # Known rows by score: 0.8 (+), 0.6 (−), 0.4 (+), 0.2 (−).
+    # AP = ½·(1/1) + ½·(2/3) = 5/6; AUC: positive 0.8 beats both negatives, 0.4 beats one: 3/4.
+    assert average_precision(y, s)[0] == pytest.approx(5 / 6)
+    assert roc_auc(y, s)[0] == pytest.approx(3 / 4)
+    # At 0.5: TP 1 (0.8), FP 1 (0.6), FN 1 (0.4); the unknown 0.95 is no false positive.
+    assert f1_scores(y, s, 0.5)[0] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    report = evaluate(y[:, None], s[:, None], ["a"])
+    row = report.per_class.iloc[0]
+    assert (row["n_pos"], row["n_neg"], row["n_unknown"]) == (2, 2, 1)
+
+
+def test_a_class_whose_labels_are_all_unknown_is_excluded():
+    y = np.array([[1.0, np.nan], [0.0, np.nan], [1.0, np.nan]])
+    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    report = evaluate(y, s, ["a", "b"])
+    assert report.excluded == ["b"]
+    assert report.summary["overall"]["mAP"] == pytest.approx(1.0)
+    assert tune_thresholds(y, s)[1] == 0.5
+
+
+def test_labels_other_than_0_1_nan_are_still_rejected():
+    with pytest.raises(ValueError, match="binary"):
+        average_precision(np.array([1.0, -1.0, 0.0]), np.array([0.2, 0.3, 0.4]))

@@ -29,6 +29,19 @@ def test_cooccurrence_is_eq15():
     )
 
 
+def test_unknown_cells_add_to_no_count():
+    # Y with three cells unknown: (0, 1), (2, 2) and (3, 0). Counting the known positives by
+    # hand: class 0 in images 0, 1, 2; class 1 in 2, 3; class 2 in 3; joint (0,1): image 2;
+    # (1,2): image 3.
+    y = Y.astype(float)
+    y[0, 1] = y[2, 2] = y[3, 0] = np.nan
+    expected = [[3, 1, 0, 0], [1, 2, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    np.testing.assert_array_equal(cooccurrence(y), expected)
+    graph = LabelGraph.from_labels(y, ["a", "b", "c", "d"], tau=0.0)
+    assert np.isfinite(graph.adjacency).all()
+    np.testing.assert_allclose(graph.adjacency, normalized_adjacency(np.array(expected), 0.0))
+
+
 @pytest.mark.parametrize("tau", [F(0), F(1, 5), F(3, 10)])
 def test_adjacency_matches_hand_computation(tau):
     qt, d = _hand_adjacency(tau)  # Eq. 20 below: A_ij = Q̃_ij / sqrt(D_i D_j)

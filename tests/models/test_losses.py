@@ -322,3 +322,143 @@ def test_factory_types_and_errors():
         build_loss("ldam", [5, -1], N_TRAIN)
     asl = build_loss("asl", COUNTS, N_TRAIN, gamma_neg=2, clip=0.0)
     assert (asl.gamma_neg, asl.clip) == (2.0, 0.0)
+
+
+# --- unknown labels: every loss masks them -------------------------------------------------
+
+MASK_COUNTS, MASK_N = [10, 40], 100
+MASK_LOGITS = [[0.7, -0.4], [1.2, 0.3]]
+MASK_TARGETS = [[1.0, 0.0], [0.0, 1.0]]
+MASK = [[1.0, 0.0], [1.0, 1.0]]  # sample 0's second label is unknown
+MASK_WEIGHTS = [1.0, 0.5]
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def _bce(z: float, y: float) -> float:
+    return _softplus(-z) if y == 1 else _softplus(z)
+
+
+def _ref_bce(i: int, c: int) -> float:
+    return _bce(MASK_LOGITS[i][c], MASK_TARGETS[i][c])
+
+
+def _ref_asl(i: int, c: int) -> float:  # gamma_neg 4, gamma_pos 0, clip 0.05
+    p = _sigmoid(MASK_LOGITS[i][c])
+    if MASK_TARGETS[i][c] == 1:
+        return -math.log(p)
+    pm = max(p - 0.05, 0.0)
+    return -(pm**4) * math.log(1 - pm)
+
+
+def _ref_db(i: int, c: int) -> float:  # the DB config, official bias scaling
+    lam, kappa = 2.0, 0.05
+    z = MASK_LOGITS[i][c] - kappa * math.log(MASK_N / MASK_COUNTS[c] - 1) / lam
+    y = MASK_TARGETS[i][c]
+    p_i = sum(1 / n for n, t in zip(MASK_COUNTS, MASK_TARGETS[i], strict=True) if t == 1)
+    r = 0.1 + _sigmoid(10 * ((1 / MASK_COUNTS[c]) / p_i - 0.2))
+    if y == 1:
+        ntr, pt = _softplus(-z), _sigmoid(z)
+    else:
+        ntr, pt = _softplus(lam * z) / lam, _sigmoid(-lam * z)
+    return 2.0 * (1 - pt) ** 2 * r * ntr
+
+
+def _ldam_margin(c: int) -> float:
+    return 0.5 * (MASK_COUNTS[c] / MASK_COUNTS[0]) ** -0.25  # the rarest class gets 0.5
+
+
+def _ref_ldam(i: int, c: int) -> float:
+    y = MASK_TARGETS[i][c]
+    return _bce(30.0 * (MASK_LOGITS[i][c] - _ldam_margin(c) * y), y)
+
+
+def _ref_ldam_drw(i: int, c: int) -> float:  # DRW on (drw_start_epoch=0)
+    raw = [(1 - 0.9999) / (1 - 0.9999**n) for n in MASK_COUNTS]
+    return _ref_ldam(i, c) * raw[c] / sum(raw) * 2
+
+
+def _cb_weights_margins() -> tuple[list[float], list[float]]:
+    e = [(1 - 0.9999) / (1 - 0.9999**n) for n in MASK_COUNTS]
+    e = [v / (sum(e) / 2) for v in e]
+    u = [1 / (v + 1e-6) for v in e]
+    margins = [0.2 * (v - min(u)) / (max(u) - min(u) + 1e-6) for v in u]
+    return [v**0.5 for v in e], margins
+
+
+def _ref_cb_margin(i: int, c: int) -> float:
+    w, m = _cb_weights_margins()
+    y = MASK_TARGETS[i][c]
+    return w[c] * _bce(MASK_LOGITS[i][c] - y * m[c], y)
+
+
+#: Every registered loss with its element loss written out by hand; the shared reduction is
+#: (Σ_i w_i (1/C) Σ_c m_ic ℓ_ic) / Σ_i w_i, cb_margin's (1/B) Σ_i w_i Σ_c m_ic ℓ_ic.
+MASKED_REFERENCES = {
+    "bce": _ref_bce,
+    "asl": _ref_asl,
+    "db": _ref_db,
+    "ldam": _ref_ldam,
+    "ldam_drw": _ref_ldam_drw,
+    "cb_margin": _ref_cb_margin,
+}
+
+
+def _masked_loss(name: str) -> torch.nn.Module:
+    return build_loss(
+        name, MASK_COUNTS, MASK_N, **({"drw_start_epoch": 0} if name == "ldam_drw" else {})
+    )
+
+
+def test_every_registered_loss_has_a_masked_reference():
+    from trcgl.registry import LOSSES
+
+    assert set(LOSSES.names()) == set(MASKED_REFERENCES)
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_REFERENCES))
+def test_masked_loss_equals_the_hand_worked_value(name):
+    ref = MASKED_REFERENCES[name]
+    known = [[ref(i, c) * MASK[i][c] for c in range(2)] for i in range(2)]
+    w = MASK_WEIGHTS
+    if name == "cb_margin":  # the authors' reductions: a sum over classes, a plain batch mean
+        expected = sum(w[i] * sum(known[i]) for i in range(2)) / 2
+    else:  # the paper's 1/C over classes, the weighted mean over samples
+        expected = sum(w[i] * sum(known[i]) / 2 for i in range(2)) / sum(w)
+    loss = _masked_loss(name)
+    logits = torch.tensor(MASK_LOGITS, requires_grad=True)
+    out = loss(logits, torch.tensor(MASK_TARGETS), torch.tensor(w), torch.tensor(MASK))
+    assert out.item() == pytest.approx(expected, rel=1e-5)
+    out.backward()
+    assert logits.grad[0, 1].item() == 0.0  # the unknown cell's logit: exactly no gradient
+    assert (logits.grad[torch.tensor(MASK) == 1] != 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_REFERENCES))
+def test_an_unknown_cell_neither_its_logit_nor_its_target_matter(name):
+    loss = _masked_loss(name)
+    mask = torch.tensor(MASK)
+    values = []
+    for z, y in ((-0.4, 0.0), (50.0, 1.0), (-80.0, 1.0)):
+        logits = torch.tensor(MASK_LOGITS)
+        targets = torch.tensor(MASK_TARGETS)
+        logits[0, 1], targets[0, 1] = z, y
+        values.append(loss(logits, targets, torch.tensor(MASK_WEIGHTS), mask).item())
+    # (DB: an unknown target read as a positive would change the row's P^I, so it is read as 0)
+    assert values == pytest.approx([values[0]] * 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_REFERENCES))
+def test_an_all_ones_mask_changes_nothing(name, batch):
+    logits, targets = batch
+    loss = build_loss(name, COUNTS, N_TRAIN)
+    ones = torch.ones_like(logits)
+    torch.testing.assert_close(loss(logits, targets, None, ones), loss(logits, targets))
+
+
+def test_a_wrongly_shaped_mask_is_rejected(batch):
+    logits, targets = batch
+    with pytest.raises(ValueError, match="mask"):
+        build_loss("bce", COUNTS, N_TRAIN)(logits, targets, None, torch.ones(2, 2))

@@ -159,3 +159,34 @@ def test_padchest_preset_prepares_labels_only_from_the_installed_csv(tmp_path):
     assert info["dropped"]["on an exclusion list"] == 21
     assert "COPD signs" in info["unmapped_findings"]
     assert "Hydropneumothorax" in result.output
+
+
+def test_counts_groups_and_graph_skip_unknown_labels():
+    from trcgl.config import load_config
+    from trcgl.data.manifest import build_manifest
+    from trcgl.data.readers import ReadResult
+    from trcgl.stages.prepare import compute
+
+    n = 60
+    ids = [f"{i}.png" for i in range(n)]
+    records = pd.DataFrame({"image": ids, "image_id": ids, "patient_id": ids})
+    rng = np.random.default_rng(0)
+    y = (rng.random((n, 3)) < [0.5, 0.3, 0.1]).astype(float)
+    y[rng.random((n, 3)) < 0.3] = np.nan
+    manifest = build_manifest(records, y, ("a", "b", "c"))
+    result = ReadResult(manifest, Path("labels.csv"), np.arange(1, n + 1))
+    config = load_config(
+        None, ["data.format=plain", "data.labels_csv=x.csv", "data.classes=[a, b, c]"]
+    )
+    prepared = compute(config, result)
+    frame = prepared.manifest.frame
+    train = (frame["split"] == "train").to_numpy()
+    positives = (y == 1)[prepared.manifest.frame.index.to_numpy()]
+    np.testing.assert_array_equal(prepared.groups.counts, positives[train].sum(axis=0))
+    stats = prepared.stats.set_index("class")
+    assert stats["images_all"].tolist() == positives.sum(axis=0).tolist()
+    assert stats["unknown_all"].tolist() == np.isnan(y).sum(axis=0).tolist()
+    assert stats["unknown_train"].sum() + stats["unknown_val"].sum() == np.isnan(y).sum()
+    q = positives[train].astype(float)
+    np.testing.assert_array_equal(prepared.graph.cooccurrence, q.T @ q)
+    assert prepared.info["unknown_labels"] == int(np.isnan(y).sum())

@@ -113,11 +113,60 @@ def test_nan_loss_stops_with_advice(prepared, tmp_path, monkeypatch):
 
 
 class _NaNLoss(torch.nn.Module):
-    def forward(self, logits, targets, weights=None):
+    def forward(self, logits, targets, weights=None, mask=None):
         return logits.sum() * float("nan")
 
     def set_epoch(self, epoch):
         pass
+
+
+def test_unknown_labels_are_masked_in_training_and_left_out_of_evaluation(
+    prepared, tmp_path, monkeypatch
+):
+    from sklearn.metrics import average_precision_score
+
+    from trcgl.data.manifest import Manifest
+    from trcgl.stages.evaluate import evaluate_run
+
+    run, overrides = prepared
+    run = _copy(run, tmp_path / "run")
+    m = Manifest.load(run / "manifest.parquet")
+    unknown = np.random.default_rng(0).random((len(m), len(m.classes))) < 0.3
+    values = m.label_values()
+    values[unknown] = np.nan
+    m.frame[list(m.classes)] = values
+    m.save(run / "manifest.parquet")
+    cfg = load_config("nih-demo", [*overrides, "train.warmup_epochs=0", "train.epochs=1"])
+    trainer = trainer_for_run(cfg, run, progress=False)
+    seen = []
+    original = trainer.loss_fn.forward
+
+    def spy(logits, targets, weights=None, mask=None):
+        seen.append((targets.clone(), mask.clone()))
+        return original(logits, targets, weights, mask)
+
+    monkeypatch.setattr(trainer.loss_fn, "forward", spy)
+    trainer.fit()
+    assert len(seen) == 3
+    for targets, mask in seen:
+        assert (mask == 0).any() and (targets[mask == 0] == 0).all()
+    train = m.subset(split="train")
+    expected = (train.labels()[train.frame["source"] == "real"]).sum(axis=0)
+    np.testing.assert_allclose(trainer.loss_fn.freq_inv, 1 / np.maximum(expected, 1), rtol=1e-6)
+    evaluation = evaluate_run(run, split="val", bootstrap_resamples=10)
+    per_class = evaluation.report.per_class.set_index("class")
+    preds = pd.read_csv(evaluation.out_dir / "predictions.csv")
+    val = m.subset(split="val")
+    for j, c in enumerate(m.classes):
+        known = val.known()[:, j]
+        assert per_class.loc[c, "n_unknown"] == (~known).sum()
+        truth = preds[f"label:{c}"]
+        assert truth.isna().to_numpy().tolist() == (~known).tolist()
+        y = truth[known].astype(int)
+        if y.any():
+            assert per_class.loc[c, "ap"] == pytest.approx(
+                average_precision_score(y, preds.loc[known, c]), abs=1e-9
+            )
 
 
 def test_labels_only_run_cannot_train(tmp_path):

@@ -1,12 +1,13 @@
-"""The torch ``Dataset`` over a manifest: image, multi-hot labels and per-sample loss weight.
+"""The torch ``Dataset`` over a manifest: image, multi-hot labels, which labels are known, and
+per-sample loss weight.
 
-Everything the training loop needs per image comes from one manifest row: the image path
-(``image``, relative to ``image_root`` unless absolute), the 0/1 class columns in the given
-class order, and ``weight`` (``w_syn`` for synthetic rows, docs/method.md §1; 1.0 when the column
-is absent). The manifest is validated once, at construction, so a bad column fails with a
-clear :class:`~trcgl.errors.DataError` before any worker starts; per item, only the image is
-read (with :func:`~trcgl.data.images.read_image`; point ``image_root`` at a cache built by
-:func:`~trcgl.data.cache.build_image_cache` for speed).
+Everything the training loop needs per image comes from one manifest row: the image path (``image``,
+relative to ``image_root`` unless absolute), the class columns in the given class order (1, 0, or
+NaN for an unknown label; :mod:`trcgl.data.manifest`), and ``weight`` (``w_syn`` for synthetic rows,
+docs/method.md §1; 1.0 when the column is absent). The manifest is validated once, at construction,
+so a bad column fails with a clear :class:`~trcgl.errors.DataError` before any worker starts; per
+item, only the image is read (with :func:`~trcgl.data.images.read_image`; point ``image_root`` at a
+cache built by :func:`~trcgl.data.cache.build_image_cache` for speed).
 
 With augmenting transforms in ``DataLoader`` workers, pass
 ``worker_init_fn=trcgl.data.transforms.worker_init_fn`` so each worker augments differently.
@@ -35,22 +36,24 @@ class ManifestDataset(Dataset[dict[str, Any]]):
 
     Args:
         manifest: the manifest ``DataFrame`` (or an object with a ``.frame`` DataFrame); needs
-            ``image`` and one 0/1 column per class; ``weight`` is optional (default 1.0), and
-            ``split`` is needed only when ``split`` is given.
+            ``image`` and one column per class (1, 0 or NaN = unknown); ``weight`` is optional
+            (default 1.0), and ``split`` is needed only when ``split`` is given.
         class_names: class columns, in the model's output order.
         image_root: folder that relative ``image`` entries are relative to (``None``: as is).
         transform: ``np.ndarray (H×W uint8) → Tensor (3×S×S)``, e.g.
             :func:`~trcgl.data.transforms.build_transform`.
         split: keep only rows whose ``split`` equals this (``None``: all rows).
 
-    Items are ``{"image": float32 3×S×S, "labels": float32 (C,), "weight": float32 scalar,
-    "index": int}``, where ``index`` is the item's position in this dataset (``0 … len-1``);
-    :attr:`manifest` holds the selected rows in that order, with the original index kept, so
-    ``dataset.manifest.index[i]`` is the source row of item ``i``.
+    Items are ``{"image": float32 3×S×S, "labels": float32 (C,), "mask": float32 (C,), "weight":
+    float32 scalar, "index": int}``: ``labels`` is 1 for a positive and 0 otherwise (an unknown
+    label reads 0 there), ``mask`` is 1 where the label is known and 0 where it is unknown (the
+    losses give those cells weight 0, :mod:`trcgl.models.losses`); ``index`` is the item's position
+    in this dataset (``0 … len-1``); :attr:`manifest` holds the selected rows in that order, with
+    the original index kept, so ``dataset.manifest.index[i]`` is the source row of item ``i``.
 
     Raises:
-        DataError: a class column, ``image`` or ``split`` is missing; a label is not 0/1; a
-            weight is not a finite number ≥ 0; ``image`` holds a non-path.
+        DataError: a class column, ``image`` or ``split`` is missing; a label is not 0, 1 or
+            NaN; a weight is not a finite number ≥ 0; ``image`` holds a non-path.
     """
 
     def __init__(
@@ -90,7 +93,9 @@ class ManifestDataset(Dataset[dict[str, Any]]):
         self.manifest: pd.DataFrame = frame.copy()
         self.image_root: Path | None = None if image_root is None else Path(image_root)
         self.transform = transform
-        self._labels = self._validated_labels(self.manifest)
+        values = self._validated_labels(self.manifest)
+        self._known = ~np.isnan(values)
+        self._labels = np.where(self._known, values, 0.0).astype(np.float32)
         self._weights = self._validated_weights(self.manifest)
         self._paths = [self._resolve(row, image) for row, image in self.manifest["image"].items()]
 
@@ -99,12 +104,13 @@ class ManifestDataset(Dataset[dict[str, Any]]):
     def _validated_labels(self, frame: pd.DataFrame) -> np.ndarray:
         labels = np.zeros((len(frame), len(self.class_names)), dtype=np.float32)
         for j, name in enumerate(self.class_names):
-            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
-            bad = ~np.isin(values, (0.0, 1.0))
+            column = frame[name]
+            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+            bad = ~np.isin(values, (0.0, 1.0)) & ~column.isna().to_numpy()
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
                 raise DataError(
-                    f"labels must be 0 or 1; row {frame.index[first]!r} has "
+                    f"labels must be 0, 1 or NaN (unknown); row {frame.index[first]!r} has "
                     f"{frame[name].iloc[first]!r}",
                     column=name,
                 )
@@ -152,6 +158,7 @@ class ManifestDataset(Dataset[dict[str, Any]]):
         return {
             "image": self.transform(image),
             "labels": torch.from_numpy(self._labels[index].copy()),
+            "mask": torch.from_numpy(self._known[index].astype(np.float32)),
             "weight": torch.tensor(self._weights[index], dtype=torch.float32),
             "index": index,
         }
@@ -159,8 +166,17 @@ class ManifestDataset(Dataset[dict[str, Any]]):
     # -- whole-set views -----------------------------------------------------------------------
 
     def labels_matrix(self) -> np.ndarray:
-        """The N×C 0/1 label matrix (``int64``, class order), e.g. for Eq. 15's ``YᵀY``."""
+        """The N×C 0/1 matrix of positives (``int64``, class order; an unknown label is 0),
+        e.g. for the class counts."""
         return self._labels.astype(np.int64)
+
+    def known_matrix(self) -> np.ndarray:
+        """The N×C boolean matrix of known labels."""
+        return self._known.copy()
+
+    def label_values(self) -> np.ndarray:
+        """The N×C label matrix (``float64``): 1, 0, or NaN where unknown."""
+        return np.where(self._known, self._labels, np.nan)
 
     def weights(self) -> np.ndarray:
         """The N per-sample loss weights (``float32``)."""

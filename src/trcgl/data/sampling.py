@@ -2,7 +2,9 @@
 Large Vocabulary Instance Segmentation", CVPR 2019, §4 / appendix).
 
 * class repeat factor ``r_c = max(1, sqrt(t / f_c))``, with ``f_c`` the fraction of training
-  images that contain class ``c`` and ``t`` the threshold (LVIS uses ``t = 0.001``);
+  images that contain class ``c`` and ``t`` the threshold (LVIS uses ``t = 0.001``); where
+  labels can be unknown (NaN in the label matrix), ``f_c`` is the fraction among the images
+  whose label of ``c`` is known;
 * image repeat factor ``r_i = max_{c ∈ positives(i)} r_c`` (``1`` for an image without positive
   labels, e.g. "No Finding").
 
@@ -38,21 +40,27 @@ def _positive_matrix(labels: np.ndarray) -> np.ndarray:
     if y.dtype == bool:
         return y
     y = y.astype(np.float64, copy=False)
-    return y >= 0.5  # 0/1 labels; soft labels by rounding; −1 ("uncertain") and NaN: negative
+    return y >= 0.5  # 0/1 labels; soft labels by rounding; −1 and NaN (unknown): no positive
+
+
+def _known_matrix(labels: np.ndarray) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.dtype.kind != "f":
+        return np.ones(y.shape, dtype=bool)
+    return ~np.isnan(y)
 
 
 def class_repeat_factors(labels: np.ndarray, threshold: float = 0.001) -> np.ndarray:
     """``r_c = max(1, sqrt(t / f_c))`` per class (C,); a class in no image gets ``1``.
 
-    ``labels`` is N×C; a value ``≥ 0.5`` (or ``True``) is a positive.
+    ``labels`` is N×C; a value ``≥ 0.5`` (or ``True``) is a positive, NaN is unknown: ``f_c``
+    is the share of positives among the images whose label of ``c`` is known.
     """
     if not np.isfinite(threshold) or threshold < 0:
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     positive = _positive_matrix(labels)
-    n = positive.shape[0]
-    if n == 0:
-        return np.ones(positive.shape[1], dtype=np.float64)
-    freq = positive.sum(axis=0) / n
+    known = _known_matrix(labels).sum(axis=0)
+    freq = positive.sum(axis=0) / np.maximum(known, 1)
     safe = np.where(freq > 0, freq, 1.0)
     return np.where(freq > 0, np.maximum(1.0, np.sqrt(threshold / safe)), 1.0)
 
@@ -60,10 +68,11 @@ def class_repeat_factors(labels: np.ndarray, threshold: float = 0.001) -> np.nda
 def repeat_factors(labels: np.ndarray, threshold: float = 0.001) -> np.ndarray:
     """Image repeat factors ``r_i = max over i's positive classes of r_c`` (N,), float64.
 
-    An image with no positive class gets ``1``. See :func:`class_repeat_factors`.
+    An image with no positive class gets ``1``; an unknown label (NaN) is no positive. See
+    :func:`class_repeat_factors`.
     """
     positive = _positive_matrix(labels)
-    r_class = class_repeat_factors(positive, threshold)
+    r_class = class_repeat_factors(labels, threshold)
     per_label = np.where(positive, r_class[None, :], 1.0)
     if per_label.shape[1] == 0:
         return np.ones(positive.shape[0], dtype=np.float64)
@@ -75,7 +84,8 @@ def authors_repeat_factors(
 ) -> np.ndarray:
     """The repeat factors of the authors' released code (docs/method.md §6), integers (N,):
 
-    f_c = n_c / Σ_c' n_c' (a class's share of all positive labels, not of the images);
+    f_c = n_c / Σ_c' n_c' (a class's share of all positive labels, not of the images; an
+    unknown label, NaN, is no positive and so is left out of both counts);
     r_c = max(1, √(threshold / f_c)); r_i = max over i's positive classes (1 if none),
     clipped to [1, cap] and rounded (half to even, as Python's ``round``). With integer
     factors :class:`RepeatFactorSampler` repeats each image exactly r_i times an epoch.

@@ -1,12 +1,12 @@
 """Patient-level, multilabel-stratified, seeded train / val (/ test) split (docs/method.md §0).
 
-Patients, not images, are assigned to splits, so no patient is ever in two splits. Each
-patient's label vector is the union of its images' labels; the patients are split with
-iterative stratification (Sechidis et al., 2011; ``iterative-stratification`` package), which
-places the rarest labels first. A repair pass then guarantees that every class with at least two
-patients appears in both train and validation (and, with three or more, in the test split too),
-moving the patient that carries the fewest other labels. The result depends only on the data
-and the seed.
+Patients, not images, are assigned to splits, so no patient is ever in two splits. Each patient's
+label vector is the union of its images' known positives (an unknown cell is not a positive, so
+every class is stratified on the images that are known to carry it); the patients are split with
+iterative stratification (Sechidis et al., 2011; ``iterative-stratification`` package), which places
+the rarest labels first. A repair pass then guarantees that every class with at least two patients
+appears in both train and validation (and, with three or more, in the test split too), moving the
+patient that carries the fewest other labels. The result depends only on the data and the seed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from trcgl.errors import ConfigError
 
 
 def patient_labels(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-    """Unique patient ids (sorted) and their union label matrix (P×C)."""
+    """Unique patient ids (sorted) and the union of their images' known positives (P×C; an
+    unknown cell counts as no positive)."""
     codes, patients = pd.factorize(manifest.frame["patient_id"], sort=True)
     y = np.zeros((len(patients), len(manifest.classes)), dtype=np.uint8)
     np.maximum.at(y, codes, manifest.labels())

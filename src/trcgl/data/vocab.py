@@ -10,7 +10,7 @@ is not published; its per-class counts on the real CSV are in the README.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -69,13 +69,151 @@ NIH_CLASSES: tuple[str, ...] = (
     "No Finding",
 )
 
-VOCABULARIES: dict[str, tuple[str, ...]] = {"cxrlt30": CXRLT_CLASSES, "nih15": NIH_CLASSES}
+#: CheXpert's 14 observations (Irvin et al., 2019), in the column order of its ``train.csv``;
+#: MIMIC-CXR-JPG's ``-chexpert.csv`` / ``-negbio.csv`` carry the same 14 (sorted by name).
+CHEXPERT_CLASSES: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
+#: VinDr-CXR's 14 local findings and "No finding", as ``class_name`` / ``class_id`` 0–14 of
+#: its radiologist annotations (the VinBigData challenge's ``train.csv``).
+VINDR_CLASSES: tuple[str, ...] = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "No finding",
+)
+
+#: The four findings that Google's radiologists re-labelled on NIH ChestX-ray14 images
+#: (Majkowska et al., Radiology 2020; ``google2019_nih-chest-xray-labels.csv``).
+NIH_GOOGLE_CLASSES: tuple[str, ...] = (
+    "Fracture",
+    "Pneumothorax",
+    "Airspace opacity",
+    "Nodule or mass",
+)
+
+#: CXR-LT 2023 (MIMIC-CXR-LT): the 26 classes of its ``train.csv`` / ``development.csv`` /
+#: ``test.csv``, in their column order.
+CXRLT2023_CLASSES: tuple[str, ...] = (
+    "Atelectasis",
+    "Calcification of the Aorta",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged Cardiomediastinum",
+    "Fibrosis",
+    "Fracture",
+    "Hernia",
+    "Infiltration",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Mass",
+    "No Finding",
+    "Nodule",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pleural Thickening",
+    "Pneumomediastinum",
+    "Pneumonia",
+    "Pneumoperitoneum",
+    "Pneumothorax",
+    "Subcutaneous Emphysema",
+    "Support Devices",
+    "Tortuous Aorta",
+)
+
+#: CXR-LT 2024 task 1: the 40 classes of ``train_labeled.csv`` / ``*_labeled_task1.csv``.
+CXRLT2024_CLASSES: tuple[str, ...] = (
+    "Adenopathy",
+    "Atelectasis",
+    "Azygos Lobe",
+    "Calcification of the Aorta",
+    "Cardiomegaly",
+    "Clavicle Fracture",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged Cardiomediastinum",
+    "Fibrosis",
+    "Fissure",
+    "Fracture",
+    "Granuloma",
+    "Hernia",
+    "Hydropneumothorax",
+    "Infarction",
+    "Infiltration",
+    "Kyphosis",
+    "Lobar Atelectasis",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Mass",
+    "Nodule",
+    "Normal",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pleural Thickening",
+    "Pneumomediastinum",
+    "Pneumonia",
+    "Pneumoperitoneum",
+    "Pneumothorax",
+    "Pulmonary Embolism",
+    "Pulmonary Hypertension",
+    "Rib Fracture",
+    "Round(ed) Atelectasis",
+    "Subcutaneous Emphysema",
+    "Support Devices",
+    "Tortuous Aorta",
+    "Tuberculosis",
+)
+
+#: CXR-LT 2024 task 3 (zero-shot): the 5 classes held out of training.
+CXRLT2024_UNSEEN: tuple[str, ...] = ("Bulla", "Cardiomyopathy", "Hilum", "Osteopenia", "Scoliosis")
+
+#: CXR-LT 2024's ``labels.csv``: all 45 classes (40 + 5), sorted by name as in that file.
+CXRLT2024_ALL_CLASSES: tuple[str, ...] = tuple(sorted(CXRLT2024_CLASSES + CXRLT2024_UNSEEN))
+
+VOCABULARIES: dict[str, tuple[str, ...]] = {
+    "cxrlt30": CXRLT_CLASSES,
+    "nih15": NIH_CLASSES,
+    "chexpert14": CHEXPERT_CLASSES,
+    "vindr15": VINDR_CLASSES,
+    "nih_google4": NIH_GOOGLE_CLASSES,
+    "cxrlt2023": CXRLT2023_CLASSES,
+    "cxrlt2024": CXRLT2024_CLASSES,
+    "cxrlt2024_all": CXRLT2024_ALL_CLASSES,
+}
 
 DEFAULT_PADCHEST_MAPPING = "padchest_to_cxrlt30_v1.csv"
 
 
 def vocabulary(name: str) -> tuple[str, ...]:
-    """Return the class names of a named vocabulary (``cxrlt30`` or ``nih15``)."""
+    """Return the class names of a named vocabulary (:data:`VOCABULARIES`)."""
     try:
         return VOCABULARIES[name]
     except KeyError:
@@ -90,6 +228,9 @@ class FindingMapping:
 
     name: str
     targets: dict[str, tuple[str, ...]]
+    #: The table's file, and the first (1-based) data row of each finding, for errors.
+    path: Path | None = None
+    rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def unmapped(self) -> tuple[str, ...]:
@@ -98,6 +239,9 @@ class FindingMapping:
     def classes_of(self, finding: str) -> tuple[str, ...] | None:
         """Target classes of a finding, ``()`` when unmapped, ``None`` when unknown."""
         return self.targets.get(finding)
+
+    def row_of(self, finding: str) -> int | None:
+        return self.rows.get(finding)
 
 
 def mapping_path(name_or_path: str | Path = DEFAULT_PADCHEST_MAPPING) -> Path:
@@ -122,6 +266,7 @@ def load_mapping(
     path = mapping_path(name_or_path)
     known = set(classes)
     targets: dict[str, list[str]] = {}
+    rows: dict[str, int] = {}
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = {"finding", "class"} - set(reader.fieldnames or ())
@@ -134,6 +279,7 @@ def load_mapping(
                 raise DataError("empty finding", path=path, row=line, column="finding")
             if cls and cls not in known:
                 raise DataError(f"unknown class {cls!r}", path=path, row=line, column="class")
+            rows.setdefault(finding, line)
             entry = targets.setdefault(finding, [])
             if cls and cls not in entry:
                 entry.append(cls)
@@ -141,4 +287,6 @@ def load_mapping(
     return FindingMapping(
         name=path.stem,
         targets={f: tuple(sorted(t, key=order.__getitem__)) for f, t in targets.items()},
+        path=path,
+        rows=rows,
     )

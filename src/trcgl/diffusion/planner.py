@@ -3,7 +3,8 @@
 For each tail class ``c`` with ``n_c`` real *training* images (``split == "train"`` and
 ``source == "real"``), the plan holds ``max(0, target − n_c)`` rows. Each row names a real
 training image that has ``c`` (the *source*): the synthetic image is conditioned on the prompt of
-the source's **whole label set** and labelled with it, so label co-occurrence stays realistic
+the source's **whole label set** and labelled with it (an unknown label of the source stays
+unknown), so label co-occurrence stays realistic
 (docs/method.md §1, decision on prompts). Sources are drawn round-robin over a seeded permutation of
 the class's training images, so every source is used once before any is used again.
 
@@ -26,7 +27,7 @@ from trcgl.errors import ConfigError
 
 __all__ = ["PLAN_COLUMNS", "class_counts", "plan_synthesis", "training_pool"]
 
-#: The plan's leading columns; the 0/1 class columns (manifest class order) follow.
+#: The plan's leading columns; the class columns (1 / 0 / NaN, manifest class order) follow.
 PLAN_COLUMNS: tuple[str, ...] = ("target_class", "source_image_id", "view", "prompt")
 
 
@@ -113,11 +114,11 @@ def plan_synthesis(
                 "prompt": prompts,
             }
         )
-        labels = pd.DataFrame(source.labels(), columns=classes)
+        labels = pd.DataFrame(source.label_values(), columns=classes)
         parts.append(pd.concat([part, labels], axis=1))
     if not parts:
         empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})
         return pd.concat(
-            [empty, pd.DataFrame({c: pd.Series(dtype=np.uint8) for c in classes})], axis=1
+            [empty, pd.DataFrame({c: pd.Series(dtype=np.float32) for c in classes})], axis=1
         )
     return pd.concat(parts, ignore_index=True)

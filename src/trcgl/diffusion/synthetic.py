@@ -58,9 +58,9 @@ def append_synthetic(
     missing = [c for c in ("prompt", *classes) if c not in plan.columns]
     if missing:
         raise DataError(f"plan rows lack column(s) {missing}")
-    labels = plan[classes].to_numpy()
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError("plan label columns must be 0/1")
+    labels = plan[classes].to_numpy(dtype=np.float32)
+    if not (np.isin(labels, (0, 1)) | np.isnan(labels)).all():
+        raise DataError("plan label columns must be 1, 0 or NaN (unknown)")
 
     frame = manifest.frame
     ids = [Path(p).name for p in image_paths] if image_ids is None else list(image_ids)

@@ -15,14 +15,15 @@ metric on the data set with each image repeated w times (scikit-learn's ``sample
 * F1_c = 2 TP / (TP + n_pred + n_pos) at fixed thresholds (as
   :func:`~trcgl.evaluation.metrics.f1_scores`).
 
-The sort of each class's scores is done once; a resample costs two cumulative sums per class
-(B at a time, in chunks), so 1,000 resamples of 32,000 images × 30 classes take seconds
+The sort of each class's scores is done once; a resample costs two cumulative sums per class (B at a
+time, in chunks), so 1,000 resamples of 32,000 images × 30 classes take seconds
 (``benchmarks/bench_bootstrap.py``), written here rather than as a loop of scikit-learn calls
-because it is measurably faster with the same numbers. A class without positives in a resample
-has no AP / AUC / F1 there and is left out of that resample's means, as in
-:func:`~trcgl.evaluation.metrics.evaluate`. Intervals are percentile intervals; the p-value of
-a paired difference is the two-sided bootstrap p-value 2 · min(P(Δ ≤ 0), P(Δ ≥ 0)), at least
-1 / B.
+because it is measurably faster with the same numbers. A class without positives in a resample has
+no AP / AUC / F1 there and is left out of that resample's means, as in
+:func:`~trcgl.evaluation.metrics.evaluate`. An unknown label (NaN) leaves its image out of that
+class in every resample, as in :func:`~trcgl.evaluation.metrics.evaluate`. Intervals are percentile
+intervals; the p-value of a paired difference is the two-sided bootstrap p-value 2 · min(P(Δ ≤ 0),
+P(Δ ≥ 0)), at least 1 / B.
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def patient_weights(patients: Sequence[Any], n_resamples: int, seed: int = 0) ->
 
 
 def _weighted_ap_auc(
-    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, known: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(B, C) AP and AUC under each row of ``weights`` (see the module docstring).
+    """(B, C) AP and AUC under each row of ``weights`` (see the module docstring), over each
+    class's ``known`` images.
 
     Only the tie groups that hold a positive add to AP and to the AUC's loss, so per class the
     weights are summed between the starts and ends of those groups: one sparse (segments × N)
@@ -77,18 +79,22 @@ def _weighted_ap_auc(
     resample (10× faster than gathering and summing the weights in score order)."""
     from scipy import sparse
 
-    n, c = scores.shape
+    n_all, c = scores.shape
     b = weights.shape[0]
     ap = np.full((b, c), np.nan)
     auc = np.full((b, c), np.nan)
-    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    step = max(1, _CHUNK_ELEMENTS // max(n_all, 1))
     # Image-major float32 weights: integer counts, summed exactly (far below 2**24).
     chunks = [
         (lo, np.ascontiguousarray(weights[lo : lo + step].T, dtype=np.float32))
         for lo in range(0, b, step)
     ]
     for j in range(c):
-        order = np.argsort(-scores[:, j], kind="stable")
+        members = np.flatnonzero(known[:, j])  # the class's images: its label is known
+        n = len(members)
+        if n == 0:
+            continue
+        order = members[np.argsort(-scores[members, j], kind="stable")]
         s = scores[order, j]
         new_group = np.ones(n, dtype=bool)
         np.not_equal(s[1:], s[:-1], out=new_group[1:])
@@ -109,7 +115,7 @@ def _weighted_ap_auc(
         at_end = np.searchsorted(rows, ends[held])
         segment_of = np.searchsorted(segments, np.arange(n), side="right") - 1
         indicator = sparse.csr_matrix(
-            (np.ones(n, dtype=np.float32), (segment_of, order)), shape=(len(segments), n)
+            (np.ones(n, dtype=np.float32), (segment_of, order)), shape=(len(segments), n_all)
         )
         positives = order[pos]  # the positives' images, in score order
         for lo, w in chunks:
@@ -120,7 +126,7 @@ def _weighted_ap_auc(
             tps_end, tps_before = tp[last + 1], tp[first]
             rank_end, rank_before = before[at_end], before[at_start]
             n_pos = tp[-1]
-            n_neg = before[-1] - n_pos  # the last row: every image
+            n_neg = before[-1] - n_pos  # the last row: every image of the class
             dtp = tps_end - tps_before
             dfp = (rank_end - rank_before) - dtp
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -136,11 +142,16 @@ def _weighted_ap_auc(
 
 
 def _weighted_f1(
-    labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, weights: np.ndarray
+    labels: np.ndarray,
+    scores: np.ndarray,
+    thresholds: np.ndarray,
+    weights: np.ndarray,
+    known: np.ndarray,
 ) -> np.ndarray:
-    """(B, C) F1 at ``thresholds`` under each row of ``weights``."""
-    pred = (scores >= thresholds).astype(np.float64)
-    y = labels.astype(np.float64)
+    """(B, C) F1 at ``thresholds`` under each row of ``weights``, over each class's ``known``
+    images."""
+    pred = ((scores >= thresholds) & known).astype(np.float64)
+    y = (labels & known).astype(np.float64)
     tp = weights @ (pred * y)
     n_pred = weights @ pred
     n_pos = weights @ y
@@ -185,7 +196,7 @@ def bootstrap(
     at 0.5 and, given ``thresholds``, at those) on ``n_resamples`` patient-level resamples.
 
     Args:
-        y_true, y_score: (N, C) labels in {0, 1} and scores.
+        y_true, y_score: (N, C) labels in {0, 1} (NaN where unknown) and scores.
         patients: the N images' patient ids (the resampling unit).
         class_names: the C class names; ``groups``: group → class names (e.g. head / medium /
             tail).
@@ -194,7 +205,9 @@ def bootstrap(
         weights: (B, N) resample weights to use instead (:func:`patient_weights`): the same
             weights for two models make the comparison paired.
     """
-    labels = np.asarray(y_true).astype(bool)
+    values = np.asarray(y_true, dtype=np.float64)
+    known = ~np.isnan(values)
+    labels = known & (values == 1)
     scores = np.asarray(y_score, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be equal N × C")
@@ -205,17 +218,17 @@ def bootstrap(
         weights = patient_weights(patients, n_resamples, seed)
     elif weights.shape[1] != labels.shape[0]:
         raise ValueError(f"weights are for {weights.shape[1]} images, not {labels.shape[0]}")
-    ap, auc = _weighted_ap_auc(labels, scores, weights)
+    ap, auc = _weighted_ap_auc(labels, scores, weights, known)
     per_metric = {
         "mAP": ap,
         "mAUC": auc,
-        "macro_F1": _weighted_f1(labels, scores, np.full(len(names), 0.5), weights),
+        "macro_F1": _weighted_f1(labels, scores, np.full(len(names), 0.5), weights, known),
     }
     if thresholds is not None:
         if isinstance(thresholds, Mapping):
             thresholds = [float(thresholds[c]) for c in names]
         thr = np.asarray(thresholds, dtype=np.float64)
-        per_metric["macro_F1_tuned"] = _weighted_f1(labels, scores, thr, weights)
+        per_metric["macro_F1_tuned"] = _weighted_f1(labels, scores, thr, weights, known)
     index = {c: i for i, c in enumerate(names)}
     subsets = {"overall": list(range(len(names)))}
     for group, members in (groups or {}).items():

@@ -9,6 +9,10 @@ temperature scaling.
   validation split by minimising the binary cross-entropy (a bounded 1-D search on log T,
   ``scipy.optimize.minimize_scalar``). It changes no ranking, so AP and AUC are unchanged, and
   a threshold t maps to σ(logit(t) / T), so the 0/1 decisions are unchanged too.
+
+An unknown label (NaN in ``y_true``) leaves its (image, class) pair out of all three: ECE_c
+is over the images whose label of c is known (N_c of them), the curve and the fit over the
+known pairs.
 """
 
 from __future__ import annotations
@@ -38,27 +42,35 @@ def _bins(p: np.ndarray, bins: int) -> np.ndarray:
 
 
 def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, bins: int = 15) -> np.ndarray:
-    """(C,) ECE of each class (see the module docstring)."""
+    """(C,) ECE of each class over its known labels (see the module docstring); NaN for a
+    class with no known label."""
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_prob, dtype=np.float64)
     if y.shape != p.shape or y.ndim != 2:
         raise ValueError(f"labels {y.shape} and probabilities {p.shape} must be equal N × C")
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
-    n, c = p.shape
+    _, c = p.shape
+    known = ~np.isnan(y)
     index = _bins(p, bins) + np.arange(c) * bins  # one bin range per class
-    pos = np.bincount(index.ravel(), weights=y.ravel(), minlength=c * bins).reshape(c, bins)
-    conf = np.bincount(index.ravel(), weights=p.ravel(), minlength=c * bins).reshape(c, bins)
+    index, y, p = index[known], y[known], p[known]
+    pos = np.bincount(index, weights=y, minlength=c * bins).reshape(c, bins)
+    conf = np.bincount(index, weights=p, minlength=c * bins).reshape(c, bins)
+    n = known.sum(axis=0)
     # (n_b / N) |ȳ_b − p̄_b| = |Σ_b y − Σ_b p| / N: no division by the bin counts.
-    return np.abs(pos - conf).sum(axis=1) / max(n, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.abs(pos - conf).sum(axis=1) / np.maximum(n, 1), np.nan)
 
 
 def reliability_curve(
     y_true: ArrayLike, y_prob: ArrayLike, bins: int = 15
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean probability, share of positives, pairs) per non-empty bin, over all entries."""
+    """(mean probability, share of positives, pairs) per non-empty bin, over all entries
+    whose label is known."""
     y = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(y_prob, dtype=np.float64).ravel()
+    known = ~np.isnan(y)
+    y, p = y[known], p[known]
     index = _bins(p, bins)
     count = np.bincount(index, minlength=bins)
     kept = count > 0
@@ -77,7 +89,8 @@ def fit_temperature(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     from scipy.optimize import minimize_scalar
 
     y = np.asarray(y_true, dtype=np.float64)
-    z = _logit(np.asarray(y_prob))
+    known = ~np.isnan(y)
+    y, z = y[known], _logit(np.asarray(y_prob))[known]
 
     def loss(log_t: float) -> float:
         s = z / np.exp(log_t)

@@ -288,8 +288,9 @@ def pr_curves_figure(
         members = panels[group]
         cmap = colormaps["tab10" if len(members) <= 10 else "tab20"]
         for i, c in enumerate(members):
-            y = preds[f"label:{c}"].to_numpy().astype(int)
-            p = preds[c].to_numpy(dtype=float)
+            y = preds[f"label:{c}"].to_numpy(dtype=float)
+            known = ~np.isnan(y)  # an unknown label (empty cell) is left out of the curve
+            y, p = y[known].astype(int), preds[c].to_numpy(dtype=float)[known]
             if not y.any():
                 ax.plot([], [], color=cmap(i % cmap.N), label=f"{c} (no positives)")
                 continue

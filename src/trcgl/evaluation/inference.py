@@ -202,10 +202,11 @@ def predict_dataset(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels over a :class:`~trcgl.data.dataset.ManifestDataset`."""
+    """Probabilities and labels (1, 0, NaN where unknown) over a
+    :class:`~trcgl.data.dataset.ManifestDataset`."""
     model.eval().to(device)
     probs, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
         probs.append(torch.sigmoid(model(batch["image"].to(device))["logits"].float()).cpu())
-        labels.append(batch["labels"])
+        labels.append(torch.where(batch["mask"] != 0, batch["labels"], torch.nan))
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()

@@ -17,6 +17,12 @@ at a fraction of the cost.
 
 Conventions:
 
+* A label may be unknown (NaN in ``y_true``; :mod:`trcgl.data.manifest`). Per class, the rows
+  whose label is unknown are left out of that class's AP, AUC, F1, threshold and counts, as if
+  they were not there (scikit-learn on the class's known rows gives the same numbers). In the
+  one sort, an unknown cell is ranked below every real score (its score read as −∞) and taken
+  out of the class's negatives: it lies in a tie group of its own below every operating point
+  that holds a positive, so it adds no true or false positive to any of them.
 * A class with no positive sample has an undefined AP, AUC and F1: they are NaN, and
   :func:`evaluate` leaves the class out of the means and names it in ``excluded``.
 * A class with no negative sample has an undefined AUC (NaN); :func:`evaluate` leaves it out
@@ -72,8 +78,11 @@ def _is_real(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
-def _check_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[BoolArray, FloatArray]:
-    """Validate and convert: labels to a bool (N, C) array, scores to a float64 (N, C) array.
+def _check_inputs(
+    y_true: ArrayLike, y_score: ArrayLike
+) -> tuple[BoolArray, FloatArray, BoolArray | None]:
+    """Validate and convert: labels to a bool (N, C) array (an unknown label reads False),
+    scores to a float64 (N, C) array, and the (N, C) known cells (``None``: all known).
 
     A 1-D pair is read as a single class, i.e. shape (N, 1).
     """
@@ -86,16 +95,24 @@ def _check_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[BoolArray, Flo
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"y_true and y_score must not be empty, got shape {t.shape}")
 
+    known = None
     if t.dtype == np.bool_:
         labels = t
     else:
         if not _is_real(t.dtype):
             raise ValueError(f"y_true must hold the numbers 0 and 1, got dtype {t.dtype}")
         is_one = t == 1
-        if not np.all(is_one | (t == 0)):
-            bad = np.unique(t[~(is_one | (t == 0))])[:5]
+        valid = is_one | (t == 0)
+        if np.issubdtype(t.dtype, np.floating):
+            unknown = np.isnan(t)
+            if unknown.any():
+                known = ~unknown
+                valid |= unknown
+        if not np.all(valid):
+            bad = np.unique(t[~valid])[:5]
             raise ValueError(
-                f"y_true must be binary (only 0 and 1), found other values such as {bad.tolist()}"
+                "y_true must be binary (only 0 and 1, NaN for unknown), found other values "
+                f"such as {bad.tolist()}"
             )
         labels = is_one
 
@@ -109,7 +126,9 @@ def _check_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[BoolArray, Flo
             f"y_score must be finite: {rows.size} NaN or infinite value(s), "
             f"the first at row {int(rows[0])}, class {int(cols[0])}"
         )
-    return labels, scores
+    if known is not None:  # unknown cells rank below every score (module docstring)
+        scores = np.where(known, scores, -np.inf)
+    return labels, scores, known
 
 
 def _check_thresholds(thresholds: float | ArrayLike, n_classes: int) -> FloatArray:
@@ -154,7 +173,7 @@ class _Ranked(NamedTuple):
     n_neg: FloatArray  # (C,)
 
 
-def _rank(labels: BoolArray, scores: FloatArray) -> _Ranked:
+def _rank(labels: BoolArray, scores: FloatArray, known: BoolArray | None = None) -> _Ranked:
     n, c = scores.shape
     # Class-major layout, (C, N): each class's samples are contiguous for the sort.
     neg = np.negative(scores.T, order="C")  # ascending order of -score = descending score
@@ -189,7 +208,8 @@ def _rank(labels: BoolArray, scores: FloatArray) -> _Ranked:
     dtp[starts] = tps[starts]
 
     n_pos = tps_all[:, -1].copy()
-    n_neg = n - n_pos
+    n_known = n if known is None else known.sum(axis=0, dtype=np.float64)
+    n_neg = n_known - n_pos
     return _Ranked(s, last, counts, starts, rank, tps, dtp, n_pos, n_neg)
 
 
@@ -255,7 +275,7 @@ def average_precision(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
     ``average_precision_score`` applied to each column. mAP is the mean over classes.
 
     Args:
-        y_true: (N, C) labels in {0, 1} (a 1-D array is one class).
+        y_true: (N, C) labels in {0, 1}, NaN where unknown (a 1-D array is one class).
         y_score: (N, C) finite scores; higher means more likely positive.
 
     Returns:
@@ -264,8 +284,8 @@ def average_precision(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
     Raises:
         ValueError: if shapes differ, labels are not binary or scores are not finite.
     """
-    labels, scores = _check_inputs(y_true, y_score)
-    return _ap(_rank(labels, scores))
+    labels, scores, known = _check_inputs(y_true, y_score)
+    return _ap(_rank(labels, scores, known))
 
 
 def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
@@ -277,7 +297,7 @@ def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
     over classes.
 
     Args:
-        y_true: (N, C) labels in {0, 1} (a 1-D array is one class).
+        y_true: (N, C) labels in {0, 1}, NaN where unknown (a 1-D array is one class).
         y_score: (N, C) finite scores; higher means more likely positive.
 
     Returns:
@@ -286,8 +306,8 @@ def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
     Raises:
         ValueError: if shapes differ, labels are not binary or scores are not finite.
     """
-    labels, scores = _check_inputs(y_true, y_score)
-    return _auc(_rank(labels, scores))
+    labels, scores, known = _check_inputs(y_true, y_score)
+    return _auc(_rank(labels, scores, known))
 
 
 def f1_scores(
@@ -302,7 +322,7 @@ def f1_scores(
     Macro-F1 is the mean over classes.
 
     Args:
-        y_true: (N, C) labels in {0, 1} (a 1-D array is one class).
+        y_true: (N, C) labels in {0, 1}, NaN where unknown (a 1-D array is one class).
         y_score: (N, C) finite scores.
         thresholds: one threshold for all classes, or a (C,) array of per-class thresholds.
 
@@ -312,12 +332,16 @@ def f1_scores(
     Raises:
         ValueError: on bad labels, scores or thresholds (wrong shape, NaN).
     """
-    labels, scores = _check_inputs(y_true, y_score)
-    return _f1(labels, scores, _check_thresholds(thresholds, scores.shape[1]))
+    labels, scores, known = _check_inputs(y_true, y_score)
+    return _f1(labels, scores, _check_thresholds(thresholds, scores.shape[1]), known)
 
 
-def _f1(labels: BoolArray, scores: FloatArray, thr: FloatArray) -> FloatArray:
+def _f1(
+    labels: BoolArray, scores: FloatArray, thr: FloatArray, known: BoolArray | None = None
+) -> FloatArray:
     pred = scores >= thr
+    if known is not None:
+        pred &= known
     n_pos = labels.sum(axis=0, dtype=np.float64)
     tp = np.logical_and(pred, labels).sum(axis=0, dtype=np.float64)
     n_pred = pred.sum(axis=0, dtype=np.float64)
@@ -338,7 +362,7 @@ def tune_thresholds(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
     with equal F1 the highest one is returned. Use it with :func:`f1_scores` on test data.
 
     Args:
-        y_true: (N, C) labels in {0, 1} (a 1-D array is one class).
+        y_true: (N, C) labels in {0, 1}, NaN where unknown (a 1-D array is one class).
         y_score: (N, C) finite scores.
 
     Returns:
@@ -348,8 +372,8 @@ def tune_thresholds(y_true: ArrayLike, y_score: ArrayLike) -> FloatArray:
     Raises:
         ValueError: if shapes differ, labels are not binary or scores are not finite.
     """
-    labels, scores = _check_inputs(y_true, y_score)
-    return _best_thresholds(_rank(labels, scores))
+    labels, scores, known = _check_inputs(y_true, y_score)
+    return _best_thresholds(_rank(labels, scores, known))
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,7 +407,8 @@ class MetricsReport:
 
     Attributes:
         per_class: one row per class with columns ``class``, ``group`` (when groups were
-            given; missing for a class in no group), ``n_pos``, ``n_neg``, ``ap``, ``auc``,
+            given; missing for a class in no group), ``n_pos``, ``n_neg`` (known positives
+            and negatives), ``n_unknown`` (only when some label is unknown), ``ap``, ``auc``,
             ``f1`` (at 0.5), and ``f1_tuned`` and ``threshold`` (when thresholds were given).
         summary: for ``"overall"`` and each group, a dict with ``mAP``, ``mAUC``,
             ``macro_F1`` (at 0.5), ``macro_F1_tuned`` (when thresholds were given),
@@ -500,7 +525,7 @@ def evaluate(
     named in ``MetricsReport.excluded_auc``.
 
     Args:
-        y_true: (N, C) labels in {0, 1}.
+        y_true: (N, C) labels in {0, 1}, NaN where unknown (left out of that class).
         y_score: (N, C) finite scores (probabilities).
         class_names: the C class names, in column order; unique.
         groups: optional mapping group name → class names; groups must be disjoint, need not
@@ -521,13 +546,13 @@ def evaluate(
     Raises:
         ValueError: on bad labels, scores, names, groups or thresholds.
     """
-    labels, scores = _check_inputs(y_true, y_score)
+    labels, scores, known = _check_inputs(y_true, y_score)
     n_classes = scores.shape[1]
     names = _check_names(class_names, n_classes)
     group_index = _check_groups(groups, names) if groups is not None else None
     thr = _check_report_thresholds(thresholds, names) if thresholds is not None else None
 
-    ranked = _rank(labels, scores)  # one sort serves AP and AUC
+    ranked = _rank(labels, scores, known)  # one sort serves AP and AUC
     ap = _ap(ranked)
     auc = _auc(ranked)
     if empty_classes not in ("exclude", "count"):
@@ -535,9 +560,9 @@ def evaluate(
     fixed = [float(t) for t in f1_at if float(t) != 0.5]
     if any(not 0.0 < t < 1.0 for t in fixed):
         raise ValueError(f"F1 thresholds must lie in (0, 1), got {list(f1_at)}")
-    f1 = _f1(labels, scores, np.full(n_classes, 0.5))
-    f1_tuned = _f1(labels, scores, thr) if thr is not None else None
-    f1_fixed = {t: _f1(labels, scores, np.full(n_classes, t)) for t in dict.fromkeys(fixed)}
+    f1 = _f1(labels, scores, np.full(n_classes, 0.5), known)
+    f1_tuned = _f1(labels, scores, thr, known) if thr is not None else None
+    f1_fixed = {t: _f1(labels, scores, np.full(n_classes, t), known) for t in dict.fromkeys(fixed)}
 
     columns: dict[str, Any] = {"class": names}
     if group_index is not None:
@@ -548,6 +573,8 @@ def evaluate(
         columns["group"] = group_of
     columns["n_pos"] = ranked.n_pos.astype(np.int64)
     columns["n_neg"] = ranked.n_neg.astype(np.int64)
+    if known is not None:
+        columns["n_unknown"] = (~known).sum(axis=0).astype(np.int64)
     columns["ap"] = ap
     columns["auc"] = auc
     columns["f1"] = f1

@@ -2,6 +2,14 @@
 
 Built from the *training* label matrix only, saved as safetensors with the class order, and
 loaded with the model so that inference needs no training data.
+
+Unknown labels (NaN in the label matrix, :mod:`trcgl.data.manifest`) are skipped: Q counts the
+images *known* to carry both classes, so an unknown cell adds to no count. Eq. 16 normalises
+by the row sums of Q, so no count of images enters the paper's graph; the authors' formula
+divides by n_i + 1 with n_i = Q_ii, the images known to carry class i. (Where one data set does
+not label class j at all, its images with class i still count in n_i but never in Q_ij, so
+the authors' P_ij under-estimates P(j | i) in proportion; Eq. 16–20 have the same
+proportional effect through the row sums.)
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from trcgl.files import atomic_path
 
 
 def cooccurrence(y: np.ndarray) -> np.ndarray:
-    """Eq. 15: Q = YᵀY for the N×C 0/1 label matrix Y (Q_ii = n_i, Q_ij = joint count)."""
-    y = np.asarray(y, dtype=np.float64)
+    """Eq. 15: Q = YᵀY for the N×C 0/1 label matrix Y (Q_ii = n_i, Q_ij = joint count); an
+    unknown cell (NaN) counts as 0."""
+    y = np.nan_to_num(np.asarray(y, dtype=np.float64), nan=0.0)
     return y.T @ y
 
 

@@ -1,12 +1,20 @@
 """Multi-label classification losses with per-sample weights (BCE, ASL, DB, LDAM / LDAM-DRW,
 and the authors' class-balanced margin loss).
 
-Every loss maps ``logits`` (B×C), ``targets`` (B×C, 0/1 floats) and optional per-sample
-``weights`` (B,) to a scalar with one reduction, shared by all of them:
+Every loss maps ``logits`` (B×C), ``targets`` (B×C, 0/1 floats), optional per-sample
+``weights`` (B,) and an optional ``mask`` (B×C, 1 where the label is known, 0 where it is
+unknown; the ``mask`` item of :class:`~trcgl.data.dataset.ManifestDataset`) to a scalar with
+one reduction, shared by all of them:
 
 * an element loss ``ℓ_ic`` per sample ``i`` and class ``c`` (the loss's own formula);
-* the per-sample loss is the **mean over classes**, ``l_i = (1/C) Σ_c ℓ_ic`` (per-class weights,
-  where a loss has them, multiply ``ℓ_ic`` inside that mean);
+* the per-sample loss is ``l_i = (1/C) Σ_c m_ic ℓ_ic`` with ``m_ic`` the mask (per-class weights,
+  where a loss has them, multiply ``ℓ_ic`` inside that sum). An unknown cell has weight 0: it
+  adds nothing to the loss and its logit gets a gradient of exactly 0 (the element loss is
+  replaced by 0 with ``torch.where``, so even a non-finite element loss there cannot leak).
+  The normaliser stays the paper's ``1/C``, not ``1/Σ_c m_ic``: every known cell weighs what it
+  weighs in a fully labelled batch, so a data set that labels fewer classes (or an image with
+  uncertain labels) is not up-weighted per cell, and without a mask this is the **mean over
+  classes** of before;
 * the batch loss is the **weighted mean over samples**, ``L = Σ_i w_i l_i / Σ_i w_i``, with
   ``w_i = 1`` by default. Synthetic images carry ``w_syn = 0.5`` in this project (the
   ``weight`` item of :class:`~trcgl.data.dataset.ManifestDataset`). A sample with ``w_i = 0``
@@ -121,8 +129,9 @@ class MultiLabelLoss(nn.Module):
     def element_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def sample_losses(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Per-sample losses ``l_i`` (B,): the mean over classes of the element losses."""
+    def sample_losses(self, logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Per-sample losses ``l_i = (1/C) Σ_c m_ic ℓ_ic`` (B,); ``mask=None``: every label
+        known, i.e. the mean over classes of the element losses."""
         if logits.dim() != 2:
             raise ValueError(f"logits must be B×C, got shape {tuple(logits.shape)}")
         if targets.shape != logits.shape:
@@ -138,12 +147,33 @@ class MultiLabelLoss(nn.Module):
         if logits.shape[1] == 0:
             raise ValueError("logits have no classes")
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        element = self.element_loss(logits.to(dtype), targets.to(device=logits.device, dtype=dtype))
-        return element.mean(dim=1)
+        targets = targets.to(device=logits.device, dtype=dtype)
+        if mask is None:
+            return self.element_loss(logits.to(dtype), targets).mean(dim=1)
+        if mask.shape != logits.shape:
+            raise ValueError(
+                f"mask must have the logits' shape {tuple(logits.shape)}, got {tuple(mask.shape)}"
+            )
+        known = mask.to(device=logits.device) != 0
+        # An unknown cell's target reads 0 (no positive, e.g. for DB's P^I) and its element
+        # loss is replaced by 0.
+        targets = torch.where(known, targets, torch.zeros_like(targets))
+        element = self.element_loss(logits.to(dtype), targets)
+        return torch.where(known, element, torch.zeros_like(element)).mean(dim=1)
 
-    def forward(self, logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weights: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         """Scalar loss ``Σ_i w_i l_i / Σ_i w_i`` (see the module docstring)."""
-        return weighted_mean(self.sample_losses(logits, targets), weights)
+        return self.reduce(self.sample_losses(logits, targets, mask), weights)
+
+    def reduce(self, per_sample: Tensor, weights: Tensor | None) -> Tensor:
+        """The batch loss from the per-sample losses: the weighted mean over samples."""
+        return weighted_mean(per_sample, weights)
 
 
 class BCELoss(MultiLabelLoss):
@@ -249,7 +279,8 @@ class DistributionBalancedLoss(MultiLabelLoss):
         ``P^C_c = 1/n_c``; ``P^I_i = Σ_c y_ic / n_c`` (sum over the sample's positive classes,
         the paper's 1/C factor dropped as in the code); ``r_ic = P^C_c / P^I_i``;
         ``r̂_ic = map_alpha + σ(map_beta · (r_ic − map_gamma))``, for positives *and* negatives.
-        It depends only on the labels (no gradient). A sample with no positive class has
+        It depends only on the labels (no gradient; an unknown label is read as target 0, so
+        it is no positive of ``P^I``). A sample with no positive class has
         ``P^I = 0``, i.e. ``r = ∞``; it gets the limit ``r̂ = map_alpha + 1`` (what the
         official code yields through ``inf``).
     (b) Negative-tolerant regularisation (paper §3.3; official ``logit_reg_functions``): class
@@ -441,7 +472,8 @@ class ClassBalancedMarginLoss(MultiLabelLoss):
     the most frequent classes get the largest margin; ℓ_ic = w_c · BCE(z_ic − y_ic m_c, y_ic).
 
     Its reductions are the authors' too, not the shared ones of the module docstring: the
-    per-sample loss is the **sum** over classes, and the batch loss the **plain mean** of the
+    per-sample loss is the **sum** over the known classes (an unknown cell, mask 0, adds 0), and
+    the batch loss the **plain mean** of the
     weighted per-sample losses, L = (1/B) Σ_i w_i l_i (so w_syn = 0.5 halves a synthetic
     image's share instead of renormalising the batch).
     """
@@ -472,9 +504,10 @@ class ClassBalancedMarginLoss(MultiLabelLoss):
         bce = F.binary_cross_entropy_with_logits(shifted, targets, reduction="none")
         return bce * self.class_weights.to(logits.dtype)
 
-    def forward(self, logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
-        """``(1/B) Σ_i w_i Σ_c ℓ_ic`` (the authors' reductions; see the class docstring)."""
-        per_sample = self.sample_losses(logits, targets) * logits.shape[1]  # mean → sum
+    def reduce(self, per_sample: Tensor, weights: Tensor | None) -> Tensor:
+        """``(1/B) Σ_i w_i Σ_c m_ic ℓ_ic`` (the authors' reductions, unknown cells left out;
+        see the class docstring)."""
+        per_sample = per_sample * self.class_weights.numel()  # the mean over classes → sum
         if weights is not None:
             per_sample = per_sample * weights.to(device=per_sample.device, dtype=per_sample.dtype)
         return per_sample.mean() if per_sample.numel() else per_sample.sum()

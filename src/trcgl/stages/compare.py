@@ -116,7 +116,7 @@ def compare_runs(
         raise DataError(f"images not in {data / MANIFEST}: {unknown[:3]}", path=data / MANIFEST)
     patients = [patient_of[i] for i in ids]
     groups = {g: list(v) for g, v in data.label_stats().get("groups", {}).items() if g in SUBSETS}
-    labels = first[[f"label:{c}" for c in classes]].to_numpy().astype(bool)
+    labels = first[[f"label:{c}" for c in classes]].to_numpy(dtype=float)  # NaN: unknown
     weights = patient_weights(patients, n_resamples, seed)
     samples, points, names = [], [], []
     for name, frame, tuned, summary in loaded:

@@ -55,7 +55,6 @@ from trcgl.data.manifest import Manifest
 from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_write_text, slug
 from trcgl.progress import runtime_line, say
-from trcgl.registry import DATA_FORMATS
 from trcgl.run_dir import SYNTHETIC_MANIFEST, RunDir
 from trcgl.training.data import TrainingData
 from trcgl.training.precision import resolve_mixed_precision
@@ -129,7 +128,7 @@ def plan_for_run(
         tail,
         _target(cfg, info),
         seed=cfg.diffusion.seed,
-        dataset=DATA_FORMATS.get(cfg.data.format).prompt_style,
+        dataset=cfg.data.prompt_style(),
         tokenizer=tokenizer,
     )
     cap = cfg.diffusion.max_per_class
@@ -158,17 +157,22 @@ def _generator_cache(
     classifier's cache, from the original images)."""
     size = cfg.diffusion.image_size
     root = data.cache_root.parent / str(size)
-    image_root = info.get("image_root")
-    if image_root is None:
+    # One data set: its image root; several (data.sources): each one's, under <name>/.
+    roots = info.get("image_roots") or {"": info.get("image_root")}
+    if None in roots.values():
         raise DataError("the run was prepared without images", path=run_dir)
-    build_image_cache(
-        list(rows.frame["image"]),
-        image_root,
-        root,
-        size=size,
-        workers=cfg.images.workers,
-        progress=progress,
-    )
+    images = rows.frame["image"].astype(str)
+    for name, image_root in roots.items():
+        prefix = f"{name}/" if name else ""
+        mine = images[images.str.startswith(prefix)].str.slice(len(prefix))
+        build_image_cache(
+            list(mine),
+            image_root,
+            root / name,
+            size=size,
+            workers=cfg.images.workers,
+            progress=progress,
+        )
     return root
 
 
@@ -186,9 +190,7 @@ def _dataset(cfg: Config, run_dir: Path, data: TrainingData, progress: bool, tok
     if len(rows) == 0:
         raise DataError("no real training images carry a tail class", path=run_dir)
     root = _generator_cache(cfg, data, rows, info, progress, run_dir)
-    prompts = prompts_for_manifest(
-        rows, DATA_FORMATS.get(cfg.data.format).prompt_style, tokenizer=tokenizer
-    )
+    prompts = prompts_for_manifest(rows, cfg.data.prompt_style(), tokenizer=tokenizer)
     dataset = PromptImageDataset(
         rows,
         root,

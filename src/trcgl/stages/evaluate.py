@@ -1,6 +1,7 @@
 """``trcgl evaluate``: metrics of a model folder on a run split, in the paper's table layouts.
 
-Writes ``<run>/evaluation/<split>/``: ``metrics.json`` (everything), ``per_class.csv``,
+Writes ``<run>/evaluation/<split>/``: ``metrics.json`` (everything; with several data sets in
+the run, each data set's metrics under ``datasets``), ``per_class.csv``,
 ``predictions.csv`` (CXR-LT layout plus the true labels), ``tables.md`` (Table 1 and
 Table 2 layouts, :mod:`trcgl.evaluation.tables`) and, where the run has radiologist boxes
 (``boxes.parquet``) on the split, ``localisation.csv``: the pointing game and the maps' mass
@@ -13,7 +14,7 @@ thresholds); evaluated on the validation split itself, that F1 is optimistic and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ class Evaluation:
     intervals: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     localisation: dict[str, Any] | None = None
+    #: With several data sets in the run: each data set's metrics on the split.
+    datasets: dict[str, MetricsReport] = field(default_factory=dict)
 
 
 def evaluate_run(
@@ -139,6 +142,9 @@ def evaluate_run(
     )
     frame = data.manifest.frame
     rows = frame[frame["split"] == split]
+    by_dataset = per_dataset(
+        rows, labels, probs, model.classes, data.groups, thresholds, f1_thresholds, empty_classes
+    )
     ci: dict[str, Any] | None = None
     if bootstrap_resamples > 0:
         sample = bootstrap(
@@ -178,17 +184,23 @@ def evaluate_run(
         "optimistic_tuned_f1": split == "val",
         **report.to_dict(),
     }
+    if by_dataset:
+        payload["datasets"] = {
+            d: {"images": n, "patients": p, **r.to_dict()} for d, (n, p, r) in by_dataset.items()
+        }
     ece = expected_calibration_error(labels, probs, CALIBRATION_BINS)
     scaled = expected_calibration_error(
         labels, apply_temperature(probs, temperature), CALIBRATION_BINS
     )
     payload["calibration"] = {
         "bins": CALIBRATION_BINS,
-        "ece": dict(zip(model.classes, map(float, ece), strict=True)),
-        "macro_ece": float(ece.mean()),
+        "ece": dict(zip(model.classes, map(_number, ece), strict=True)),
+        "macro_ece": _number(np.nanmean(ece) if np.isfinite(ece).any() else np.nan),
         "temperature": temperature,
         "temperature_fitted_on": "val",
-        "macro_ece_after_temperature": float(scaled.mean()),
+        "macro_ece_after_temperature": _number(
+            np.nanmean(scaled) if np.isfinite(scaled).any() else np.nan
+        ),
     }
     if ci is not None:
         payload["intervals"] = ci
@@ -230,7 +242,8 @@ def evaluate_run(
     ids = rows["image_id"].tolist()
     preds = pd.DataFrame(probs, columns=list(model.classes))
     preds.insert(0, "ImageID", ids)
-    truth = pd.DataFrame(labels.astype(int), columns=[f"label:{c}" for c in model.classes])
+    # True labels: 1, 0, empty where unknown.
+    truth = pd.DataFrame(labels, columns=[f"label:{c}" for c in model.classes]).astype("Int8")
     atomic_write_text(
         out / "predictions.csv", pd.concat([preds, truth], axis=1).to_csv(index=False)
     )
@@ -254,11 +267,24 @@ def evaluate_run(
         + markdown([table2_row(name, report)])
         + note
     )
+    if by_dataset:
+        tables += (
+            "\n## Per data set (Table 1 layout)\n\nOne model, trained on every data set of the "
+            "run, evaluated on each data set's images of this split; a class a data set does not "
+            "label (or has no positive for) is left out of that data set's means.\n\n"
+            + markdown(
+                [
+                    {"data set": d, "images": n, **table1_row(name, r)}
+                    for d, (n, _, r) in by_dataset.items()
+                ]
+            )
+            + "\n"
+        )
     cal = payload["calibration"]
     tables += (
         f"\n## Calibration\n\nMacro expected calibration error ({CALIBRATION_BINS} bins): "
-        f"{cal['macro_ece']:.4f}; after temperature scaling (T = {temperature:.3f}, fitted on "
-        f"the validation split): {cal['macro_ece_after_temperature']:.4f}.\n"
+        f"{_fixed(cal['macro_ece'])}; after temperature scaling (T = {temperature:.3f}, fitted "
+        f"on the validation split): {_fixed(cal['macro_ece_after_temperature'])}.\n"
     )
     if ci is not None:
         tables += (
@@ -273,8 +299,56 @@ def evaluate_run(
     # Last: the stage record, naming the training record (train.json) the model came from.
     record_dir.write_record(f"evaluate {split}", payload, started, inputs=("train",))
     return Evaluation(
-        report, name, split, out, ci, payload["calibration"], payload.get("localisation")
+        report,
+        name,
+        split,
+        out,
+        ci,
+        payload["calibration"],
+        payload.get("localisation"),
+        {d: r for d, (_, _, r) in by_dataset.items()},
     )
+
+
+def per_dataset(
+    rows: pd.DataFrame,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: tuple[str, ...],
+    groups: dict[str, list[str]],
+    thresholds: np.ndarray,
+    f1_thresholds: list[float],
+    empty_classes: str,
+) -> dict[str, tuple[int, int, MetricsReport]]:
+    """Where the split holds images of several data sets (``data.sources``): each data set's
+    images, patients and metrics (the thresholds tuned on the whole validation split);
+    empty for one data set."""
+    names = sorted(set(rows["dataset"].astype(str)) - {""})
+    if len(names) < 2:
+        return {}
+    out = {}
+    for name in names:
+        mine = (rows["dataset"] == name).to_numpy()
+        report = evaluate(
+            labels[mine],
+            probs[mine],
+            classes,
+            groups,
+            thresholds=thresholds,
+            f1_at=f1_thresholds,
+            empty_classes=empty_classes,
+        )
+        out[name] = (int(mine.sum()), int(rows.loc[mine, "patient_id"].nunique()), report)
+    return out
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON; ``None`` where undefined (a class with no known label)."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _fixed(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 METHOD_NAMES = {
@@ -320,7 +394,7 @@ def explain_context(run_dir: Path, classes: tuple[str, ...]):
     if tuned is not None and all(c in tuned for c in classes):
         thresholds = np.array([tuned[c] for c in classes])
     manifest = Manifest.load(run / MANIFEST)
-    y = manifest.frame[list(classes)].to_numpy()
+    y = manifest.frame[list(classes)].to_numpy(dtype=float) == 1  # known positives
     names = [Path(p).name for p in manifest.frame["image"]]
     labels = {n: np.asarray(row) for n, row in zip(names, y, strict=True)}
     return thresholds, labels

@@ -106,7 +106,10 @@ def _explain(
         thresholds = np.array([tuned[c] for c in classes], dtype=float)
         source = f"tuned on the validation split (evaluation/{split}/per_class.csv)"
     known = all(c in frame.columns for c in classes)
-    labels = {p.name: row[classes].to_numpy(dtype=np.uint8) for row, p in picked} if known else None
+    # True labels (★ in Fig. 5): the known positives; an unknown label is no star.
+    labels = (
+        {p.name: (row[classes].to_numpy(dtype=float) == 1) for row, p in picked} if known else None
+    )
     out = run / EXPLAIN_DIR
     shutil.rmtree(out, ignore_errors=True)
     with warnings.catch_warnings():
@@ -121,7 +124,7 @@ def _explain(
         images.append(
             {
                 "image_id": str(row["image_id"]),
-                "labels": [c for c in classes if known and row[c]],
+                "labels": [c for c in classes if known and row[c] == 1],
                 "regions": run.store(regions) if regions.is_file() else None,
                 "confidence": run.store(confidence),
             }

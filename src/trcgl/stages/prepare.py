@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from trcgl import __version__
-from trcgl.config import Config, resolve_path
+from trcgl.config import Config, DataConfig, resolve_path
 from trcgl.data.boxes import save_boxes
 from trcgl.data.cache import build_image_cache
 from trcgl.data.manifest import SPLITS, Manifest
@@ -41,8 +41,9 @@ from trcgl.data.readers import (
     installed_label_csv,
     read_exclusion_list,
 )
+from trcgl.data.sources import join_sources, relabel, relabel_boxes
 from trcgl.data.split import split_patients
-from trcgl.data.vocab import vocabulary
+from trcgl.data.vocab import load_mapping, vocabulary
 from trcgl.errors import ConfigError, DataError
 from trcgl.evaluation.figures import plot_label_statistics
 from trcgl.files import atomic_write_text
@@ -65,9 +66,8 @@ class Prepared:
     info: dict[str, Any]
 
 
-def label_csv_path(config: Config) -> Path:
+def label_csv_path(data: DataConfig) -> Path:
     """The configured label CSV, or the copy inside the installed torchxrayvision wheel."""
-    data = config.data
     if data.labels_csv is not None:
         return resolve_path(data.labels_csv)
     name = DATA_FORMATS.get(data.format).installed_csv
@@ -85,10 +85,9 @@ def label_csv_path(config: Config) -> Path:
     return found
 
 
-def read_boxes(config: Config, manifest: Manifest) -> pd.DataFrame | None:
+def read_boxes(data: DataConfig, manifest: Manifest) -> pd.DataFrame | None:
     """The boxes of ``manifest``'s images (:mod:`trcgl.data.boxes`), or ``None`` where the
     format has no box file or ``data.boxes`` is off."""
-    data = config.data
     fmt = DATA_FORMATS.get(data.format)
     if not data.boxes or fmt.read_boxes is None:
         if data.boxes_csv is not None and data.boxes:
@@ -96,17 +95,21 @@ def read_boxes(config: Config, manifest: Manifest) -> pd.DataFrame | None:
         return None
     if data.boxes_csv is not None:
         path = resolve_path(data.boxes_csv)
+    elif fmt.boxes_from_labels:
+        path = label_csv_path(data)
     else:
         path = installed_label_csv(fmt.installed_boxes) if fmt.installed_boxes else None
         if path is None:
             return None
-    boxes = fmt.read_boxes(path, manifest.classes)
+    boxes = fmt.read_boxes(path, manifest, data)
+    if boxes is None:
+        return None
     keep = boxes["image_id"].isin(set(manifest.frame["image_id"].astype(str)))
     return boxes[keep].reset_index(drop=True)
 
 
-def class_names(config: Config) -> tuple[str, ...]:
-    data = config.data
+def class_names(data: DataConfig) -> tuple[str, ...]:
+    """The classes a data section reads: ``classes``, ``vocabulary`` or its format's own."""
     if data.classes:
         if len(set(data.classes)) != len(data.classes):
             raise ConfigError("data.classes lists a class twice")
@@ -120,10 +123,23 @@ def class_names(config: Config) -> tuple[str, ...]:
         raise ConfigError(f"data.vocabulary: {exc}") from None
 
 
-def read_dataset(config: Config) -> ReadResult:
-    """Read the configured label file into a manifest and apply the view / exclusion filters."""
+def shared_classes(config: Config) -> tuple[str, ...]:
+    """The run's vocabulary: the data section's, or with ``data.sources`` its ``classes`` /
+    ``vocabulary`` or else the union of the sources' classes (in order of appearance)."""
     data = config.data
-    result = DATA_FORMATS.get(data.format).read(label_csv_path(config), class_names(config), data)
+    if not data.sources or data.classes or data.vocabulary:
+        return class_names(data)
+    union: dict[str, None] = {}
+    for source in data.source_configs():
+        union.update(dict.fromkeys(class_names(source.data)))
+    return tuple(union)
+
+
+def read_dataset(data: DataConfig, name: str) -> ReadResult:
+    """Read a data section's label file into a manifest (its ``dataset`` column: ``name``) and
+    apply the view / exclusion filters."""
+    result = DATA_FORMATS.get(data.format).read(label_csv_path(data), class_names(data), data)
+    result.manifest.frame["dataset"] = name
     exclude: set[str] = set()
     for item in data.exclude:
         exclude |= read_exclusion_list(resolve_path(item))
@@ -154,9 +170,12 @@ def check_images(result: ReadResult, image_root: Path, skip: bool) -> tuple[Read
 
 
 def label_statistics(manifest: Manifest) -> pd.DataFrame:
-    """Per class: images and patients with the class in each split present, and in all."""
+    """Per class: images and patients with the class (known positives) in each split present,
+    and in all; where some label is unknown, also the images whose label is unknown
+    (``unknown_<split>``)."""
     frame = manifest.frame
     y = manifest.labels().astype(bool)
+    unknown = ~manifest.known()
     out = pd.DataFrame({"class": list(manifest.classes)})
     present = [s for s in SPLITS if (frame["split"] == s).any()]
     for s in [*present, "all"]:
@@ -166,7 +185,32 @@ def label_statistics(manifest: Manifest) -> pd.DataFrame:
         out[f"patients_{s}"] = [
             len(np.unique(patients[y[rows, j]])) for j in range(len(manifest.classes))
         ]
+        if unknown.any():
+            out[f"unknown_{s}"] = unknown[rows].sum(axis=0)
     return out
+
+
+def given_split(result: ReadResult) -> Manifest:
+    """The manifest with the split its reader gave (``split.given``): every row must have one,
+    and no patient may be in two splits."""
+    frame = result.manifest.frame
+    missing = ~frame["split"].isin(SPLITS).to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(
+            f"no published split for image {frame['image_id'].iloc[i]!r} (split.given)",
+            path=result.source,
+            row=int(result.rows[i]),
+        )
+    spread = frame.groupby("patient_id")["split"].nunique()
+    if (spread > 1).any():
+        patient = spread.index[int(np.flatnonzero(spread.to_numpy() > 1)[0])]
+        raise DataError(
+            f"patient {patient!r} is in two published splits; set split.given=false to split "
+            "by patient",
+            path=result.source,
+        )
+    return result.manifest
 
 
 #: The sections whose values decide what ``prepare`` writes.
@@ -180,13 +224,35 @@ def _config_digest(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def compute(config: Config, result: ReadResult) -> Prepared:
-    """Split, count and build the graph for the rows of ``result`` (no files written)."""
+def split_rows(config: Config, result: ReadResult) -> Manifest:
+    """The rows of ``result`` with their split: the published one (``split.given``) or a
+    patient-level stratified one."""
     if len(result.manifest) == 0:
         raise DataError("no images left after filtering", path=result.source)
-    manifest = split_patients(
+    if config.split.given:
+        return given_split(result)
+    return split_patients(
         result.manifest, config.split.val_fraction, config.split.test_fraction, config.split.seed
     )
+
+
+def compute(config: Config, result: ReadResult) -> Prepared:
+    """Split, count and build the graph for the rows of ``result`` (no files written)."""
+    prepared = summarize(config, split_rows(config, result))
+    prepared.info.update(
+        {
+            "labels_csv": str(Path(result.source).absolute()),
+            "format": config.data.format,
+            "mapping": config.data.mapping if config.data.format == "padchest" else None,
+            "dropped": dict(result.dropped),
+            "unmapped_findings": dict(result.unmapped_findings.most_common()),
+        }
+    )
+    return prepared
+
+
+def summarize(config: Config, manifest: Manifest) -> Prepared:
+    """Count, group and build the graph of a split manifest (no files written)."""
     train = manifest.subset(split="train")
     if config.graph.include_synthetic is False:
         train = train.subset(source="real")
@@ -207,23 +273,19 @@ def compute(config: Config, result: ReadResult) -> Prepared:
     info: dict[str, Any] = {
         "trcgl_version": __version__,
         "config_digest": _config_digest(config),
-        "labels_csv": str(Path(result.source).absolute()),
-        "format": config.data.format,
-        "mapping": config.data.mapping if config.data.format == "padchest" else None,
         "classes": list(manifest.classes),
         "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
         "patients": {
             s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS
         },
         "images_without_class": int((manifest.labels().sum(axis=1) == 0).sum()),
-        "dropped": dict(result.dropped),
+        "unknown_labels": int((~manifest.known()).sum()),
         "groups": {
             "mode": config.groups.mode,
             "head_above": groups.head_above,
             "tail_below": groups.tail_below,
             **groups.as_dict(),
         },
-        "unmapped_findings": dict(result.unmapped_findings.most_common()),
     }
     return Prepared(manifest, groups, graph, stats, info)
 
@@ -249,45 +311,154 @@ def prepare(
     if not force and run_dir.is_dir() and is_complete(run_dir, config):
         return None
     started = time.time()
-    result = read_dataset(config)
-    skipped: list[tuple[str, str]] = []
-    image_root = resolve_path(config.data.image_root)
-    cache: dict[str, Any] | None = None
-    if image_root is not None:
-        result, skipped = check_images(result, image_root, config.data.skip_corrupt)
-        cache_root = (resolve_path(config.images.cache_dir) or run_dir / "cache") / str(
-            config.images.size
-        )
-        report = build_image_cache(
-            list(result.manifest.frame["image"]),
-            image_root,
-            cache_root,
-            size=config.images.size,
-            workers=config.images.workers,
-            skip_corrupt=config.data.skip_corrupt,
-            progress=progress,
-            rows=[f"{result.source}, row {r}" for r in result.rows],
-        )
-        if report.skipped:
-            skipped += [(str(img), str(reason)) for img, reason in report.skipped]
-            bad = {img for img, _ in report.skipped}
-            result = result.keep(~result.manifest.frame["image"].isin(bad).to_numpy())
-        cache = {
-            "root": RunDir(run_dir).store(cache_root),
-            "size": config.images.size,
-            "written": report.written,
-            "already_present": report.already_present,
-        }
-    prepared = compute(config, result)
-    prepared.info["image_root"] = None if image_root is None else str(image_root.absolute())
-    prepared.info["cache"] = cache
+    cache_base = (resolve_path(config.images.cache_dir) or run_dir / "cache") / str(
+        config.images.size
+    )
+    if config.data.sources:
+        prepared, skipped, boxes = _prepare_sources(config, run_dir, cache_base, progress)
+    else:
+        data = config.data
+        result = read_dataset(data, data.format)
+        part = _cache_images(config, data, result, cache_base, run_dir, progress)
+        prepared = compute(config, part.result)
+        prepared.info["image_root"] = part.image_root
+        prepared.info["cache"] = part.cache
+        skipped = part.skipped
+        boxes = read_boxes(data, prepared.manifest)
     prepared.info["skipped_images"] = len(skipped)
-    boxes = read_boxes(config, prepared.manifest)
     prepared.info["boxes"] = (
         None if boxes is None else {"boxes": len(boxes), "images": int(boxes["image_id"].nunique())}
     )
     _write(run_dir, config, prepared, skipped, started, boxes)
     return prepared
+
+
+@dataclass
+class _Part:
+    """One data set read, its images checked and cached."""
+
+    result: ReadResult
+    skipped: list[tuple[str, str]]
+    image_root: str | None
+    cache: dict[str, Any] | None
+
+
+def _cache_images(
+    config: Config,
+    data: DataConfig,
+    result: ReadResult,
+    cache_root: Path,
+    run_dir: Path,
+    progress: bool,
+) -> _Part:
+    """Where ``data`` has an image root: check that every row's image is there and cache the
+    images into ``cache_root`` (rows whose image is skipped are dropped)."""
+    image_root = resolve_path(data.image_root)
+    if image_root is None:
+        return _Part(result, [], None, None)
+    result, skipped = check_images(result, image_root, data.skip_corrupt)
+    report = build_image_cache(
+        list(result.manifest.frame["image"]),
+        image_root,
+        cache_root,
+        size=config.images.size,
+        workers=config.images.workers,
+        skip_corrupt=data.skip_corrupt,
+        progress=progress,
+        rows=[f"{result.source}, row {r}" for r in result.rows],
+    )
+    if report.skipped:
+        skipped += [(str(img), str(reason)) for img, reason in report.skipped]
+        bad = {img for img, _ in report.skipped}
+        result = result.keep(~result.manifest.frame["image"].isin(bad).to_numpy())
+    cache = {
+        "root": RunDir(run_dir).store(cache_root),
+        "size": config.images.size,
+        "written": report.written,
+        "already_present": report.already_present,
+    }
+    return _Part(result, skipped, str(image_root.absolute()), cache)
+
+
+def _prepare_sources(
+    config: Config, run_dir: Path, cache_base: Path, progress: bool
+) -> tuple[Prepared, list[tuple[str, str]], pd.DataFrame | None]:
+    """``data.sources``: each data set read, cached under ``<cache>/<name>/``, relabelled to
+    the shared vocabulary and split on its own, then joined (:mod:`trcgl.data.sources`)."""
+    shared = shared_classes(config)
+    sources = config.data.source_configs()
+    read = []  # every label file read and relabelled before any image is touched
+    for source in sources:
+        result = read_dataset(source.data, source.name)
+        mapping = None if source.relabel is None else load_mapping(source.relabel, shared)
+        manifest, unmapped = relabel(result.manifest, shared, mapping, result.source)
+        read.append((result.manifest, replace(result, manifest=manifest), mapping, unmapped))
+    parts, skipped, box_tables, datasets = [], [], [], {}
+    caches = []
+    for source, (own, result, mapping, unmapped) in zip(sources, read, strict=True):
+        name, data = source.name, source.data
+        part = _cache_images(config, data, result, cache_base / name, run_dir, progress)
+        result = part.result
+        split = split_rows(config, result)
+        parts.append((name, split))
+        skipped += [(f"{name}/{img}", reason) for img, reason in part.skipped]
+        boxes = read_boxes(data, split_in_own_classes(own, split))
+        if boxes is not None:
+            targets = {c: (c,) if mapping is None else mapping.targets[c] for c in boxes["class"]}
+            box_tables.append(relabel_boxes(boxes, targets, name))
+        if part.cache is not None:
+            caches.append(part.cache)
+        frame = split.frame
+        datasets[name] = {
+            "format": data.format,
+            "labels_csv": str(Path(result.source).absolute()),
+            "relabel": source.relabel,
+            "image_root": part.image_root,
+            "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
+            "patients": {
+                s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS
+            },
+            "classes_left_out": unmapped,
+            "classes_not_labelled": [
+                c for j, c in enumerate(shared) if not split.known()[:, j].any()
+            ],
+            "dropped": dict(result.dropped),
+        }
+    if caches and len(caches) != len(parts):
+        raise ConfigError("data.sources: give every source an image_root, or none of them")
+    prepared = summarize(config, join_sources(parts))
+    prepared.info.update(
+        {
+            "labels_csv": {n: d["labels_csv"] for n, d in datasets.items()},
+            "format": " + ".join(d["format"] for d in datasets.values()),
+            "mapping": None,
+            "dropped": {
+                f"{n}: {reason}": count
+                for n, d in datasets.items()
+                for reason, count in d["dropped"].items()
+            },
+            "unmapped_findings": {},
+            "datasets": datasets,
+            "image_root": None,
+            "image_roots": {n: d["image_root"] for n, d in datasets.items()} if caches else None,
+            "cache": None
+            if not caches
+            else {
+                "root": RunDir(run_dir).store(cache_base),
+                "size": config.images.size,
+                "written": sum(c["written"] for c in caches),
+                "already_present": sum(c["already_present"] for c in caches),
+            },
+        }
+    )
+    boxes = pd.concat(box_tables, ignore_index=True) if box_tables else None
+    return prepared, skipped, boxes
+
+
+def split_in_own_classes(own: Manifest, split: Manifest) -> Manifest:
+    """The source's rows in its own classes, as ``split`` kept them (for its box reader)."""
+    keep = own.frame["image_id"].isin(set(split.frame["image_id"]))
+    return Manifest(own.frame[keep.to_numpy()], own.classes)
 
 
 def _write(

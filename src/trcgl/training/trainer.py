@@ -7,9 +7,10 @@ Read top to bottom:
    ``warmup_lr``; synthetic images weigh ``w_syn_warmup``;
 3. stage 2 (``epochs``): everything trained, backbone and head at their own learning rates and
    weight decays, linear warm-up then cosine decay; synthetic images weigh ``w_syn``;
-4. every epoch: validation mAP / mAUC / F1 overall and per frequency group (on the EMA
-   weights when EMA is on), a line in ``metrics.jsonl`` and TensorBoard, a checkpoint written
-   atomically, the best model saved as a model folder (``model/``), early stopping on mAP.
+4. every epoch: validation mAP / mAUC / F1 overall and per frequency group (and mAP per data
+   set with ``data.sources``; on the EMA weights when EMA is on), a line in ``metrics.jsonl``
+   and TensorBoard, a checkpoint written atomically, the best model saved as a model folder
+   (``model/``), early stopping on mAP.
 
 Resuming: an output folder with a checkpoint continues after its last finished epoch with the
 same weights, optimiser state, RNG states and data order, so a killed and resumed run ends
@@ -86,13 +87,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def predict_probabilities(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels over a loader (gathered across processes)."""
+    """Sigmoid probabilities and labels (1, 0, NaN where unknown) over a loader (gathered
+    across processes)."""
     model.eval()
     probs, labels = [], []
     for batch in loader:
         with accelerator.autocast():
             logits = model(batch["image"])["logits"]
-        p, y = accelerator.gather_for_metrics((torch.sigmoid(logits.float()), batch["labels"]))
+        y = torch.where(batch["mask"] != 0, batch["labels"], torch.nan)
+        p, y = accelerator.gather_for_metrics((torch.sigmoid(logits.float()), y))
         probs.append(p.cpu())
         labels.append(y.cpu())
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()
@@ -161,8 +164,8 @@ class Trainer:
         self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
         self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
         self.is_synthetic = torch.from_numpy(self.data.is_synthetic("train").copy())
-        labels = self.train_set.labels_matrix()
-        counts = labels[~self.is_synthetic.numpy()].sum(axis=0)
+        labels = self.train_set.labels_matrix()  # positives; an unknown label is 0
+        counts = labels[~self.is_synthetic.numpy()].sum(axis=0)  # known positives per class
         # DRW switches on for the last 20 % of stage 2, as at epoch 160 of 200 in Cao et al.
         options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
         options.update(t.loss_options)
@@ -170,9 +173,9 @@ class Trainer:
             t.loss, counts, int((~self.is_synthetic.numpy()).sum()), **options
         )
         if t.sampler == "repeat_factor":
-            self.factors = repeat_factors(labels, t.repeat_threshold)
+            self.factors = repeat_factors(self.train_set.label_values(), t.repeat_threshold)
         elif t.sampler == "authors":
-            self.factors = authors_repeat_factors(labels)
+            self.factors = authors_repeat_factors(self.train_set.label_values())
         else:
             self.factors = np.ones(len(labels))
         empty = [
@@ -275,9 +278,20 @@ class Trainer:
             if tracker.name == "tensorboard":
                 tracker.writer.flush()
 
-    def validate(self, model: torch.nn.Module) -> MetricsReport:
+    def validate(self, model: torch.nn.Module) -> tuple[MetricsReport, dict[str, float]]:
+        """Validation metrics, and the mAP of each data set where the run has several."""
         probs, labels = predict_probabilities(model, self.val_loader, self.accelerator)
-        return evaluate(labels, probs, self.data.manifest.classes, self.data.groups)
+        classes = self.data.manifest.classes
+        report = evaluate(labels, probs, classes, self.data.groups)
+        datasets = self.val_set.manifest["dataset"].astype(str).to_numpy()
+        names = sorted(set(datasets) - {""})
+        by_dataset = {
+            name: evaluate(labels[datasets == name], probs[datasets == name], classes).summary[
+                "overall"
+            ]["mAP"]
+            for name in (names if len(names) > 1 else [])
+        }
+        return report, by_dataset
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -348,6 +362,7 @@ class Trainer:
                 micro = i % accumulate
                 images = batch["image"].to(acc.device, memory_format=self.memory_format)
                 labels = batch["labels"].to(acc.device)
+                known = batch["mask"].to(acc.device)
                 weights = batch["weight"].to(acc.device).clone()
                 syn = self.is_synthetic[batch["index"]].to(acc.device)
                 weights[syn] = w_syn
@@ -371,7 +386,7 @@ class Trainer:
                     g["lr"] = g["base_lr"] * factor
                 with acc.autocast():
                     logits = model(images)["logits"]
-                loss = self.loss_fn(logits.float(), labels, weights)
+                loss = self.loss_fn(logits.float(), labels, weights, known)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss.item()} at epoch {epoch}, step {i}: lower the "
@@ -395,7 +410,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(acc.unwrap_model(model), step=self.state.step)
             eval_model = self.ema.module if self.ema is not None else model
-            report = self.validate(eval_model)
+            report, by_dataset = self.validate(eval_model)
             overall = report.summary["overall"]
             record = {
                 "epoch": epoch,
@@ -411,6 +426,7 @@ class Trainer:
                     for g in ("head", "medium", "tail")
                     if g in report.summary
                 },
+                **{f"val_mAP_{name}": value for name, value in by_dataset.items()},
             }
             self.state.history.append(record)
             improved = overall["mAP"] > self.state.best_map

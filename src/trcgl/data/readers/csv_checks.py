@@ -4,7 +4,7 @@ file, the data row (1-based, header not counted) and the column at fault."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,6 +39,24 @@ class ReadResult:
 def data_row(index: int) -> int:
     """1-based data-row number of the 0-based row ``index`` (as :class:`DataError` reports)."""
     return int(index) + 1
+
+
+def refuse(
+    bad: np.ndarray | pd.Series,
+    path: Path,
+    column: str | None,
+    message: Callable[[int], str],
+    rows: Sequence[int] | None = None,
+) -> None:
+    """A :class:`DataError` at the first row where ``bad`` holds, naming the file, its data row
+    and ``column``, with ``message(i)`` (``i``: the row's 0-based position in ``bad``); nothing
+    when no row is bad. ``rows``: each position's 0-based row in the file, where ``bad`` covers
+    a subset of it."""
+    bad = np.asarray(bad, dtype=bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = data_row(i if rows is None else rows[i])
+        raise DataError(message(i), path=path, row=row, column=column)
 
 
 def row_numbers(n: int) -> np.ndarray:
@@ -109,6 +127,45 @@ def binary_matrix(df: pd.DataFrame, columns: Sequence[str], path: Path) -> np.nd
                 column=col,
             )
         out[:, j] = values.astype(np.uint8)
+    return out
+
+
+#: ``data.uncertain``: what an uncertain label (``-1``) becomes, the policies of the CheXpert
+#: paper (Irvin et al., AAAI 2019): U-Ones (positive), U-Zeros (negative), U-Ignore (unknown).
+UNCERTAIN_POLICIES: dict[str, float] = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}
+#: ``data.blank``: what a blank cell (not mentioned in the report) becomes.
+BLANK_POLICIES: dict[str, float] = {"zero": 0.0, "unknown": np.nan}
+
+
+def uncertain_matrix(
+    df: pd.DataFrame,
+    columns: Sequence[str],
+    path: Path,
+    uncertain: str = "ignore",
+    blank: str = "zero",
+) -> np.ndarray:
+    """Parse CheXpert-style label columns: ``1`` (positive), ``0`` (negative), ``-1``
+    (uncertain) or blank (``1.0`` / ``0.0`` / ``-1.0`` too), into 1 / 0 / NaN (unknown) by the
+    ``uncertain`` and ``blank`` policies (:data:`UNCERTAIN_POLICIES`, :data:`BLANK_POLICIES`).
+    Any other value is an error naming the file, data row, column and value."""
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain policy must be one of {list(UNCERTAIN_POLICIES)}")
+    if blank not in BLANK_POLICIES:
+        raise ValueError(f"blank policy must be one of {list(BLANK_POLICIES)}")
+    out = np.empty((len(df), len(columns)), dtype=np.float32)
+    for j, col in enumerate(columns):
+        text = df[col].str.strip()
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, copy=True)
+        empty = (text == "").to_numpy()
+        refuse(
+            ~np.isin(values, (1.0, 0.0, -1.0)) & ~empty,
+            path,
+            col,
+            lambda i, col=col: f"expected 1, 0, -1 (uncertain) or blank, found {df[col].iloc[i]!r}",
+        )
+        values[values == -1.0] = UNCERTAIN_POLICIES[uncertain]
+        values[empty] = BLANK_POLICIES[blank]
+        out[:, j] = values
     return out
 
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from trcgl.config import DataConfig
+    from trcgl.data.manifest import Manifest
     from trcgl.data.readers.csv_checks import ReadResult
 
 
@@ -37,8 +38,15 @@ class DataFormat:
     #: Prompt style of the diffusion prompts (:data:`trcgl.diffusion.prompts.DATASETS`):
     #: ``padchest`` relates report localisations to labels; the others use labels and view.
     prompt_style: str = "plain"
-    #: ``read_boxes(box_csv, classes) → box table`` (:mod:`trcgl.data.boxes`) where the data
-    #: set has radiologist boxes; ``None``: it has none.
-    read_boxes: Callable[[Path, tuple[str, ...]], pd.DataFrame] | None = None
+    #: ``read_boxes(box_csv, manifest, data_config) → box table`` (:mod:`trcgl.data.boxes`)
+    #: where the data set has radiologist boxes, or ``None`` when they cannot be placed (a
+    #: reason warned); ``None``: it has none.
+    read_boxes: Callable[[Path, Manifest, DataConfig], pd.DataFrame | None] | None = None
     #: File name in ``torchxrayvision/data/`` read when ``data.boxes_csv`` is not set.
     installed_boxes: str | None = None
+    #: The boxes are rows of the label CSV itself (VinDr-CXR): without ``data.boxes_csv`` the
+    #: label CSV is read for them.
+    boxes_from_labels: bool = False
+    #: The reader fills the manifest's ``split`` with the data set's published split, which
+    #: ``split.given: true`` keeps instead of trcgl's patient-level split.
+    split: bool = False

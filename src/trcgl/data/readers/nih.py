@@ -109,7 +109,7 @@ DATA_FORMATS.add(
         vocabulary="nih15",
         installed_csv=NIH_CSV_NAME,
         prompt_style="nih",
-        read_boxes=read_nih_boxes,
+        read_boxes=lambda path, manifest, data: read_nih_boxes(path, manifest.classes),
         installed_boxes=NIH_BOXES_NAME,
     ),
 )
