@@ -462,3 +462,20 @@ def test_a_wrongly_shaped_mask_is_rejected(batch):
     logits, targets = batch
     with pytest.raises(ValueError, match="mask"):
         build_loss("bce", COUNTS, N_TRAIN)(logits, targets, None, torch.ones(2, 2))
+
+
+def test_db_prior_counts_only_the_images_whose_label_is_known():
+    """With unknown labels, DB's prior p_c = n_c / N_c over the N_c images whose label of c is
+    known; one N for every class equals the scalar form."""
+    counts = np.array([10.0, 50.0, 3.0])
+    per_class = DistributionBalancedLoss(counts, num_samples=[100, 60, 100], init_bias=0.05)
+    p = np.array([10 / 100, 50 / 60, 3 / 100])
+    want = 0.05 * np.log(1 / p - 1)
+    np.testing.assert_allclose(per_class.ntr_bias.numpy(), want, rtol=1e-6)
+    same = DistributionBalancedLoss(counts, num_samples=[100, 100, 100])
+    scalar = DistributionBalancedLoss(counts, num_samples=100)
+    torch.testing.assert_close(same.ntr_bias, scalar.ntr_bias)
+    with pytest.raises(ValueError, match="exceeds num_samples"):
+        DistributionBalancedLoss(counts, num_samples=[100, 40, 100])
+    with pytest.raises(ValueError, match="3 positive integers"):
+        DistributionBalancedLoss(counts, num_samples=[100, 100])

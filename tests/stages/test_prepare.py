@@ -190,3 +190,31 @@ def test_counts_groups_and_graph_skip_unknown_labels():
     q = positives[train].astype(float)
     np.testing.assert_array_equal(prepared.graph.cooccurrence, q.T @ q)
     assert prepared.info["unknown_labels"] == int(np.isnan(y).sum())
+
+
+def test_a_run_prepared_before_keys_were_added_is_still_complete(demo_run, tmp_path):
+    """A run prepared by an older trcgl: its config.yaml lacks keys added since (at their
+    defaults, what that trcgl did) and its record holds the old digest. It is complete for
+    the same configuration; a value that differs is still refused."""
+    import yaml
+
+    run = tmp_path / "old"
+    shutil.copytree(demo_run, run)
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    for section, key in (("data", "aggregation"), ("data", "sources"), ("split", "given")):
+        del tree[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    record = json.loads((run / "prepare.json").read_text())
+    record["config_digest"] = "0123456789abcdef"
+    (run / "prepare.json").write_text(json.dumps(record))
+    again = _prepare("--config", "nih-demo", "--run-dir", str(run), "images.size=64")
+    assert again.exit_code == 0 and "already prepared" in again.output, again.output
+    other = _prepare(
+        "--config", "nih-demo", "--run-dir", str(run), "images.size=64", "split.seed=5"
+    )
+    assert other.exit_code == 2 and "another configuration" in other.output
+    # a key added since, set away from its default, is another preparation too
+    other = _prepare(
+        "--config", "nih-demo", "--run-dir", str(run), "images.size=64", "data.aggregation=any"
+    )
+    assert other.exit_code == 2 and "another configuration" in other.output

@@ -153,6 +153,11 @@ def test_unknown_labels_are_masked_in_training_and_left_out_of_evaluation(
     train = m.subset(split="train")
     expected = (train.labels()[train.frame["source"] == "real"]).sum(axis=0)
     np.testing.assert_allclose(trainer.loss_fn.freq_inv, 1 / np.maximum(expected, 1), rtol=1e-6)
+    # DB's prior: the positive share among the real training images whose label is known
+    real = train.frame["source"].to_numpy() == "real"
+    n_known = train.known()[real].sum(axis=0)
+    p = np.clip(expected, 1, n_known - 1) / n_known
+    np.testing.assert_allclose(trainer.loss_fn.ntr_bias, 0.05 * np.log(1 / p - 1), rtol=1e-5)
     evaluation = evaluate_run(run, split="val", bootstrap_resamples=10)
     per_class = evaluation.report.per_class.set_index("class")
     preds = pd.read_csv(evaluation.out_dir / "predictions.csv")

@@ -98,16 +98,32 @@ def _counts_array(class_counts: Sequence[int] | np.ndarray | Tensor) -> np.ndarr
     return counts
 
 
-def _check_num_samples(counts: np.ndarray, num_samples: int) -> int:
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    num_samples = int(num_samples)
-    if counts.max() > num_samples:
+def _check_num_samples(
+    counts: np.ndarray, num_samples: int | Sequence[int] | np.ndarray
+) -> int | np.ndarray:
+    """``num_samples`` checked against ``counts``: one positive integer (training images), or
+    one per class (C,): the training images whose label of that class is known, where some
+    are unknown."""
+    values = np.asarray(num_samples)
+    if values.ndim == 0:
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        values = np.full(counts.shape, int(num_samples))
+        out: int | np.ndarray = int(num_samples)
+    else:
+        if values.shape != counts.shape or np.any(values < 1) or np.any(values % 1):
+            raise ValueError(
+                f"num_samples per class must be {counts.shape[0]} positive integers, got "
+                f"shape {values.shape}"
+            )
+        out = values.astype(np.int64)
+    if np.any(counts > values):
+        c = int(np.flatnonzero(counts > values)[0])
         raise ValueError(
-            f"a class count ({counts.max():g}) exceeds num_samples ({num_samples}); class_counts "
+            f"a class count ({counts[c]:g}) exceeds num_samples ({values[c]}); class_counts "
             "must count training images containing each class"
         )
-    return num_samples
+    return out
 
 
 class MultiLabelLoss(nn.Module):
@@ -273,7 +289,9 @@ class DistributionBalancedLoss(MultiLabelLoss):
     ``map_param=dict(alpha=0.1, beta=10.0, gamma=0.2)``).
 
     Inputs: ``n_c`` = training images containing class ``c`` (clamped to ``≥ 1``, and to
-    ``[1, N − 1]`` for the prior), ``N`` = training images, ``z`` the logit, ``y`` the target.
+    ``[1, N − 1]`` for the prior), ``N`` = training images (``N_c``, per class, where some
+    labels are unknown: the images whose label of ``c`` is known, so the prior is the positive
+    share among them), ``z`` the logit, ``y`` the target.
 
     (a) Re-balanced weighting (paper §3.2; official ``rebalance_weight``), per sample and class:
         ``P^C_c = 1/n_c``; ``P^I_i = Σ_c y_ic / n_c`` (sum over the sample's positive classes,
@@ -309,7 +327,7 @@ class DistributionBalancedLoss(MultiLabelLoss):
     def __init__(
         self,
         class_counts: Sequence[int] | np.ndarray | Tensor,
-        num_samples: int,
+        num_samples: int | Sequence[int] | np.ndarray,
         reweight_func: str | None = "rebalance",
         focal: bool = True,
         gamma: float = 2.0,
@@ -343,7 +361,8 @@ class DistributionBalancedLoss(MultiLabelLoss):
         self.num_samples = num_samples
 
         # p_c needs 0 < n_c < N for a finite log-odds: clamp to [1, N − 1] (N = 1: p = 1/2).
-        prior = np.clip(counts, 1.0, max(num_samples - 1.0, 1.0)) / max(num_samples, 2)
+        n = np.broadcast_to(np.asarray(num_samples, dtype=np.float64), counts.shape)
+        prior = np.clip(counts, 1.0, np.maximum(n - 1.0, 1.0)) / np.maximum(n, 2.0)
         bias = self.init_bias * np.log(1.0 / prior - 1.0)
         freq_inv = 1.0 / np.clip(counts, 1.0, None)
         self.register_buffer(
@@ -567,14 +586,15 @@ LOSSES.add("cb_margin", LossSpec(ClassBalancedMarginLoss))
 def build_loss(
     name: str,
     class_counts: Sequence[int] | np.ndarray,
-    num_samples: int,
+    num_samples: int | Sequence[int] | np.ndarray,
     **options: Any,
 ) -> nn.Module:
     """Build a registered loss by name (``"bce"``, ``"asl"``, ``"db"``, ``"ldam"``,
     ``"ldam_drw"``, …; :data:`trcgl.registry.LOSSES`).
 
     ``class_counts`` (C,): training images containing each class; ``num_samples``: training
-    images. ``options`` go to the loss's constructor (e.g. ``gamma_neg=4`` for ``"asl"``,
+    images, or per class (C,) the training images whose label of the class is known.
+    ``options`` go to the loss's constructor (e.g. ``gamma_neg=4`` for ``"asl"``,
     ``drw_start_epoch=…`` for ``"ldam_drw"``, whose default is
     :data:`LDAM_DRW_DEFAULT_START_EPOCH`). Unknown names or options raise ``ValueError``.
     """

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from trcgl import __version__
 from trcgl.config import Config, DataConfig, resolve_path
@@ -224,6 +225,30 @@ def _config_digest(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _same_preparation(run_dir: Path, config: Config) -> bool:
+    """Whether the configuration the run was prepared with (its ``config.yaml``, written by
+    ``prepare``) asks for what ``config`` asks for, read with today's keys: a key the run's
+    trcgl did not have yet counts as at its default, which is what that trcgl did. So a newer
+    trcgl, whose prepare sections gained keys, finds a run prepared by an older one complete
+    instead of refusing it; any value that differs, or a key it no longer knows, still does."""
+    path = run_dir / "config.yaml"
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    defaults, current = Config().to_dict(), config.to_dict()
+    for section in PREPARE_SECTIONS:
+        was = recorded.get(section) or {}
+        if not isinstance(was, dict):
+            return False
+        read = json.loads(json.dumps({**defaults[section], **was}))
+        if read != json.loads(json.dumps(current[section])):
+            return False
+    return True
+
+
 def split_rows(config: Config, result: ReadResult) -> Manifest:
     """The rows of ``result`` with their split: the published one (``split.given``) or a
     patient-level stratified one."""
@@ -295,7 +320,9 @@ def is_complete(run_dir: Path, config: Config) -> bool:
     done = RunDir(run_dir).record("prepare")
     if done is None:
         return False
-    if done.get("config_digest") != _config_digest(config):
+    if done.get("config_digest") != _config_digest(config) and not _same_preparation(
+        run_dir, config
+    ):
         raise ConfigError(
             f"{run_dir} was prepared with another configuration; choose another --run-dir "
             "or pass --force to prepare it again"

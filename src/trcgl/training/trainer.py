@@ -169,9 +169,11 @@ class Trainer:
         # DRW switches on for the last 20 % of stage 2, as at epoch 160 of 200 in Cao et al.
         options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
         options.update(t.loss_options)
-        self.loss_fn = build_loss(
-            t.loss, counts, int((~self.is_synthetic.numpy()).sum()), **options
-        )
+        real = ~self.is_synthetic.numpy()
+        # N per class: the real training images whose label of the class is known (DB's prior)
+        known = np.maximum((~np.isnan(self.train_set.label_values()[real])).sum(axis=0), 1)
+        num_samples = int(real.sum()) if (known == real.sum()).all() else known
+        self.loss_fn = build_loss(t.loss, counts, num_samples, **options)
         if t.sampler == "repeat_factor":
             self.factors = repeat_factors(self.train_set.label_values(), t.repeat_threshold)
         elif t.sampler == "authors":
