@@ -1,4 +1,5 @@
-"""Shared fixtures: real label files (vendored NIH sample, PadChest CSV from torchxrayvision)."""
+"""Shared fixtures: real label files (vendored NIH sample; PadChest CSV and OpenI reports from
+torchxrayvision)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pandas as pd
 import pytest
 
 from trcgl.data.readers import (
+    OPENI_REPORTS_NAME,
     PADCHEST_CSV_NAME,
     ReadResult,
     installed_label_csv,
+    read_openi,
     read_padchest,
 )
 
@@ -66,6 +69,12 @@ def padchest_csv() -> Path:
 def padchest(padchest_csv: Path) -> ReadResult:
     """The real PadChest CSV read once with the default mapping."""
     return read_padchest(padchest_csv)
+
+
+@pytest.fixture(scope="session")
+def openi() -> ReadResult:
+    """The real OpenI reports (3,955, 7,470 images) read once with the shipped MeSH table."""
+    return read_openi(wheel_csv(OPENI_REPORTS_NAME))
 
 
 @pytest.fixture

@@ -7,9 +7,18 @@ from trcgl.errors import ConfigError
 
 
 def test_presets_exist_and_load():
-    assert {"padchest", "cxrlt2026", "nih", "nih-demo", "chexpert", "vindr"} <= set(preset_names())
+    assert {"padchest", "cxrlt2026", "nih", "nih-demo", "chexpert", "vindr", "openi"} <= set(
+        preset_names()
+    )
     assert load_config("chexpert").data.uncertain == "ignore"
     assert load_config("vindr").data.aggregation == "majority"
+    openi = load_config("openi")
+    assert openi.data.format == "openi" and openi.data.vocabulary == "openi18"
+    assert (
+        openi.diffusion.prompt_source == "report" and Config().diffusion.prompt_source == "labels"
+    )
+    with pytest.raises(ConfigError, match=r"diffusion\.prompt_source"):
+        load_config("openi", ["diffusion.prompt_source=impression"])
     cfg = load_config("padchest")
     assert cfg.data.format == "padchest" and cfg.groups.head == 5000 and cfg.graph.tau == 0.02
     assert load_config("nih-demo").images.size == 128

@@ -65,11 +65,12 @@ class DataConfig:
     #: A registered format (``trcgl formats`` lists them): ``cxrlt`` (CXR-LT 2026 CSV),
     #: ``padchest`` (raw PadChest CSV), ``nih`` (Data_Entry CSV), ``nih_google`` (Google's
     #: expert labels of NIH images), ``chexpert``, ``mimic`` (MIMIC-CXR-JPG), ``cxrlt_mimic``
-    #: (CXR-LT 2023 / 2024 CSVs), ``vindr`` (VinDr-CXR), ``wide`` (a 0/1 column per class),
-    #: ``plain`` (image, patient_id, labels).
+    #: (CXR-LT 2023 / 2024 CSVs), ``vindr`` (VinDr-CXR), ``openi`` (OpenI's reports archive),
+    #: ``wide`` (a 0/1 column per class), ``plain`` (image, patient_id, labels).
     format: str = "padchest"
-    #: The label CSV. ``None``: for ``padchest``, ``nih``, ``nih_google``, ``chexpert`` and
-    #: ``vindr``, the copy shipped inside the installed ``torchxrayvision`` wheel.
+    #: The label CSV (for ``openi`` the reports archive, ``NLMCXR_reports.tgz``). ``None``: for
+    #: ``padchest``, ``nih``, ``nih_google``, ``chexpert``, ``vindr`` and ``openi``, the copy
+    #: shipped inside the installed ``torchxrayvision`` wheel.
     labels_csv: str | None = None
     #: Folder the manifest's image paths are relative to. ``None``: labels only.
     image_root: str | None = None
@@ -77,7 +78,9 @@ class DataConfig:
     #: may instead list its classes in ``classes``.
     vocabulary: str | None = None
     classes: list[str] | None = None
-    #: Raw-PadChest → CXR-LT mapping table: a shipped table's name or a CSV path.
+    #: Raw finding → class mapping table (a shipped table's name or a CSV path) of the formats
+    #: that relabel raw findings: PadChest's findings → CXR-LT; OpenI's MeSH terms → openi18,
+    #: where this default stands for OpenI's own table, ``openi_to_openi18_v1.csv``.
     mapping: str = "padchest_to_cxrlt30_v1.csv"
     #: Projections (views) to keep; ``None`` keeps all.
     projections: list[str] | None = field(
@@ -375,6 +378,12 @@ class DiffusionConfig:
     image_size: int = 512
     #: Which real training images the generator learns from: those with a tail class, or all.
     train_images: Literal["tail", "all"] = "tail"
+    #: The words of a prompt p_n (docs/method.md §1): the image's ``labels`` (with the view and
+    #: PadChest's locations), or its ``report``: the label words, then the report's sentences
+    #: (OpenI's ``report``, PadChest's English localisations) as far as 77 tokens allow; an
+    #: image without report text keeps its label prompt. A synthetic image takes the prompt of
+    #: the real image whose label set it copies.
+    prompt_source: Literal["labels", "report"] = "labels"
     #: m, the learnable context vectors of Eq. 2.
     num_context: int = 8
     #: What of the UNet trains beside C: nothing (``frozen``), a LoRA adapter, or all of it.
@@ -465,6 +474,7 @@ class DiffusionConfig:
                 raise ConfigError(f"diffusion.{key} must be >= 1, got {getattr(self, key)}")
         for key, options in (
             ("unet_mode", ("frozen", "lora", "full")),
+            ("prompt_source", ("labels", "report")),
             ("mixed_precision", ("auto", "no", "fp16", "bf16")),
             ("sample_precision", ("auto", "fp32", "fp16", "bf16")),
         ):

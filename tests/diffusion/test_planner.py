@@ -11,7 +11,8 @@ import pytest
 from trcgl.data.manifest import Manifest
 from trcgl.data.readers import read_nih
 from trcgl.diffusion.planner import PLAN_COLUMNS, class_counts, plan_synthesis
-from trcgl.diffusion.prompts import build_prompt
+from trcgl.diffusion.prompts import build_prompt, prompt_parts, report_prompt
+from trcgl.diffusion.text import load_tokenizer
 from trcgl.errors import ConfigError
 
 CLASSES = ("Normal", "Pneumothorax", "Mass", "Hernia")
@@ -169,3 +170,32 @@ def test_shortened_prompts_keep_the_target_class():
     assert short["prompt"].str.contains("hernia").all()
     assert max(token_lengths(short["prompt"].tolist(), tokenizer)) <= 12
     assert (short["prompt"] != full["prompt"]).any()  # "pneumothorax, hernia" was shortened
+
+
+def test_report_prompts_come_from_the_source_image():
+    manifest = _manifest()
+    frame = manifest.frame.assign(
+        report=[f"Report of {i}. Second sentence of {i}." for i in manifest.frame["image_id"]]
+    )
+    frame.loc[frame["image_id"] == "t2", "report"] = ""  # no report: its label prompt
+    manifest = Manifest(frame, CLASSES)
+    tokenizer = load_tokenizer()
+    plan = plan_synthesis(
+        manifest, ["Pneumothorax", "Hernia"], target=10, dataset="plain", source="report",
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    labelled = plan_synthesis(manifest, ["Pneumothorax", "Hernia"], target=10, dataset="plain")
+    # the same sources and label sets as with label prompts; only the prompts differ
+    pd.testing.assert_frame_equal(
+        plan.drop(columns="prompt"), labelled.drop(columns="prompt"), check_dtype=False
+    )
+    for _, row in plan.iterrows():
+        source = row["source_image_id"]
+        labels = [c for c in CLASSES if row[c] == 1]
+        parts = prompt_parts(labels, "PA", dataset="plain")
+        if source == "t2":
+            assert row["prompt"] == parts.text()
+        else:
+            sentences = [f"Report of {source}.", f"Second sentence of {source}."]
+            assert row["prompt"] == report_prompt(parts, sentences)
+            assert row["prompt"].endswith(f". Report of {source}. Second sentence of {source}.")

@@ -1,21 +1,28 @@
-"""Prompts p_n (docs/method.md §1): hand examples, the real PadChest tail rows, the tokenizer."""
+"""Prompts p_n (docs/method.md §1): hand examples, the real PadChest tail rows, the tokenizer,
+report prompts (hand-counted with the real CLIP tokenizer, every real OpenI report)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from transformers import CLIPTokenizer
 
 from trcgl.data.manifest import Manifest
 from trcgl.data.readers import read_nih
+from trcgl.data.report_text import split_sentences
 from trcgl.data.vocab import load_mapping
 from trcgl.diffusion.prompts import (
     PromptParts,
     build_prompt,
     fits_tokenizer,
+    label_text,
+    localisation_sentences,
     parse_localizations,
     prompt_parts,
     prompts_for_manifest,
+    report_prompt,
+    report_sentences,
     shorten_prompt,
     token_lengths,
     view_phrase,
@@ -201,3 +208,157 @@ def test_tokenizer_from_local_folder(tmp_path, tokenizer):
     loaded = load_tokenizer(pipeline)
     prompt = "chest x-ray, PA view: pneumothorax, left apical"
     assert loaded(prompt).input_ids == tokenizer(prompt).input_ids
+
+
+# -- report prompts ---------------------------------------------------------------------------
+# Token counts (CLIP BPE, start and end tokens included; open_clip gives the same ids, see
+# test_tokenizer_matches_open_clip): "chest x-ray, PA view: pneumothorax" is 14 tokens (chest,
+# x, -, ray, ",", pa, view, ":" and 4 for pneumothorax), the full stop after it 1, "The lungs
+# are clear." and "Heart size is normal." 5 each, "Small left apical pneumothorax" 8 (apical 2),
+# every further "left" 1.
+HEAD = "chest x-ray, PA view: pneumothorax"
+CLEAR, HEART = "The lungs are clear.", "Heart size is normal."
+
+
+def test_report_prompt_hand_counts(tokenizer):
+    assert token_lengths([HEAD, f"{HEAD}. {CLEAR}", f"{HEAD}. {CLEAR} {HEART}"], tokenizer) == [
+        14, 20, 25
+    ]  # fmt: skip
+    parts = prompt_parts(["Pneumothorax"], "PA")
+    assert report_prompt(parts, [CLEAR, HEART], tokenizer) == f"{HEAD}. {CLEAR} {HEART}"
+    # 20 sentences: 15 + 5 k <= 77 keeps k = 12 whole sentences (75 tokens), in report order
+    sentences = [CLEAR, HEART] * 10
+    prompt = report_prompt(parts, sentences, tokenizer)
+    assert prompt == f"{HEAD}. " + " ".join(sentences[:12])
+    assert token_lengths([prompt, f"{prompt} {sentences[12]}"], tokenizer) == [75, 80]
+    # budgets of 29 and 30 tokens: two and three sentences (25 and 30 tokens)
+    assert report_prompt(parts, sentences, tokenizer, 29) == f"{HEAD}. {CLEAR} {HEART}"
+    assert report_prompt(parts, sentences, tokenizer, 30) == f"{HEAD}. {CLEAR} {HEART} {CLEAR}"
+    # one sentence too long on its own: its first 62 tokens of words (8 + 54 "left")
+    long = "Small left apical pneumothorax" + " left" * 100 + "."
+    prompt = report_prompt(parts, [long, CLEAR], tokenizer)
+    assert prompt == f"{HEAD}. Small left apical pneumothorax" + " left" * 54
+    assert token_lengths([prompt], tokenizer) == [77]
+    # not even one word fits behind the labels: the labels alone
+    assert report_prompt(parts, [long], tokenizer, 15) == HEAD
+    # no report: the label prompt, shortened as shorten_prompt does
+    assert report_prompt(parts, [], tokenizer) == HEAD
+    located = prompt_parts(["Pneumothorax"], "PA", "[['pneumothorax', 'loc left', 'loc apical']]")
+    assert report_prompt(located, []) == f"{HEAD}, left apical"
+    assert report_prompt(located, [CLEAR]) == f"{HEAD}. {CLEAR}"  # the report says where
+
+
+def test_report_prompt_never_drops_label_words(tokenizer):
+    labels = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
+              "Pneumonia", "Pneumothorax", "Consolidation", "Edema"]  # fmt: skip
+    parts = prompt_parts(labels, "AP")
+    head = parts.text()
+    prompt = report_prompt(parts, [CLEAR, HEART] * 10, tokenizer)
+    assert prompt.startswith(f"{head}. ") and fits_tokenizer(prompt, tokenizer)
+    # labels too many for 77 tokens on their own: as the label prompt (keep honoured)
+    many = prompt_parts([f"finding number {i}" for i in range(30)] + ["Pneumothorax"], "PA")
+    assert report_prompt(many, [CLEAR], tokenizer, keep=["Pneumothorax"]) == shorten_prompt(
+        many, tokenizer, keep=["Pneumothorax"]
+    )
+
+
+def test_padchest_localisations_as_sentences():
+    locs = (
+        "[['pleural effusion', 'loc pleural', 'loc right'], ['normal'], [], "
+        "['NSG tube', 'loc gastric chamber'], ['loc left']]"
+    )
+    assert localisation_sentences(locs) == [
+        "Pleural effusion, pleural right.",
+        "Normal.",
+        "NSG tube, gastric chamber.",
+    ]
+    assert localisation_sentences("['infiltrates', 'loc right', 'loc basal', 'normal']") == [
+        "Infiltrates, right basal.",
+        "Normal.",
+    ]
+    assert localisation_sentences("not a list") == [] == localisation_sentences("")
+    # a report column wins over the localisations
+    assert report_sentences("Lungs clear. Heart normal.", locs) == ["Lungs clear.", "Heart normal."]
+    assert report_sentences("", locs)[0] == "Pleural effusion, pleural right."
+
+
+def _report_manifest() -> Manifest:
+    frame = pd.DataFrame(
+        {
+            "image": ["a.png", "b.png", "c.png"],
+            "image_id": ["a", "b", "c"],
+            "patient_id": ["p1", "p2", "p3"],
+            "view": ["AP_horizontal", "PA", "L"],
+            "split": "train",
+            "source": "real",
+            "weight": 1.0,
+            "localizations": [
+                "[['pleural effusion', 'loc pleural', 'loc right'], ['NSG tube', 'loc gastric "
+                "chamber'], ['normal']]",
+                "",
+                "[['pneumothorax', 'loc left']]",
+            ],
+            "report": ["", "", "Small left pneumothorax. No effusion."],
+            "pleural effusion": [1, 0, 0],
+            "Support Devices": [1, 0, 0],
+            "Pneumothorax": [0, 0, 1],
+        }
+    )
+    return Manifest(frame, ("pleural effusion", "Support Devices", "Pneumothorax"))
+
+
+def test_report_prompts_for_a_manifest(tokenizer):
+    manifest = _report_manifest()
+    labels = prompts_for_manifest(manifest, "padchest")
+    assert labels == [
+        "chest x-ray, supine AP view: pleural effusion, pleural right, support devices, "
+        "gastric chamber",
+        "chest x-ray, PA view: no finding",
+        "chest x-ray, lateral view: pneumothorax, left",
+    ]
+    reports = prompts_for_manifest(manifest, "padchest", source="report", tokenizer=tokenizer)
+    assert reports == [
+        "chest x-ray, supine AP view: pleural effusion, support devices. Pleural effusion, "
+        "pleural right. NSG tube, gastric chamber. Normal.",
+        "chest x-ray, PA view: no finding",  # no report text: the label prompt
+        "chest x-ray, lateral view: pneumothorax. Small left pneumothorax. No effusion.",
+    ]
+    assert prompts_for_manifest(manifest, "padchest", source="report") == reports
+    # the default is the label prompt, byte for byte, whatever text columns the manifest has
+    bare = Manifest(manifest.frame.drop(columns=["report"]), manifest.classes)
+    assert prompts_for_manifest(bare, "padchest", tokenizer=tokenizer) == labels
+    assert prompts_for_manifest(manifest, "padchest", source="labels") == labels
+    with pytest.raises(ConfigError, match=r"unknown prompt source 'impression'"):
+        prompts_for_manifest(manifest, "padchest", source="impression")
+
+
+def test_openi_report_prompts(openi, tokenizer):
+    manifest = openi.manifest
+    prompts = prompts_for_manifest(manifest, "plain", source="report", tokenizer=tokenizer)
+    lengths = np.array(token_lengths(prompts, tokenizer))
+    assert lengths.max() <= 77
+    labels = prompts_for_manifest(manifest, "plain")
+    y = manifest.labels().astype(bool)
+    shortened, longer = 0, []
+    for prompt, head, report, row in zip(prompts, labels, manifest.frame["report"], y, strict=True):
+        for cls in np.asarray(manifest.classes)[row]:
+            assert label_text(cls) in head  # every label word, in the untouched header
+        sentences = split_sentences(report)
+        if not sentences:
+            assert prompt == head
+            continue
+        assert prompt == head or prompt.startswith(f"{head}. ")
+        rest = prompt[len(head) + 2 :]
+        whole = [k for k in range(1, len(sentences) + 1) if rest == " ".join(sentences[:k])]
+        if whole == [len(sentences)]:
+            continue
+        shortened += 1
+        if whole:  # whole sentences kept: the next one would not fit
+            longer.append(f"{prompt} {sentences[whole[0]]}")
+        else:  # the first sentence cut after some words: one word more would not fit
+            words = sentences[0].split()
+            kept = rest.split()
+            assert kept == words[: len(kept)]
+            longer.append(f"{head}. {' '.join(words[: len(kept) + 1])}")
+    assert len(manifest) == 7470 and shortened > 1000
+    assert min(token_lengths(longer, tokenizer)) > 77

@@ -35,6 +35,7 @@ def _manifest(with_localizations: bool = False) -> Manifest:
     )
     if with_localizations:
         frame.insert(7, "localizations", ["[]", "[['pneumothorax', 'loc left']]", "", ""])
+        frame.insert(8, "report", ["Normal.", "Left pneumothorax. Hernia.", "", "Pneumothorax."])
     return Manifest(frame, CLASSES)
 
 
@@ -74,7 +75,7 @@ def test_rows_appended(tmp_path, with_localizations):
     np.testing.assert_array_equal(syn[list(CLASSES)].to_numpy(), kept[list(CLASSES)].to_numpy())
     assert (out.frame[list(CLASSES)].dtypes == np.float32).all()  # 1 / 0 / NaN (unknown)
     if with_localizations:
-        assert syn["localizations"].isna().all()
+        assert syn["localizations"].isna().all() and syn["report"].isna().all()
 
     # the file round-trips, and a second append continues the patient numbering
     out.save(tmp_path / "m.parquet")

@@ -6,7 +6,8 @@ Columns, in order: ``image`` (path relative to the image root, never outside it)
 ``weight`` (per-sample loss weight), ``dataset`` (the data set a row comes from: the format or
 the ``data.sources`` name; empty for synthetic rows and for manifests written before the column
 existed), optional text columns (``localizations``: PadChest's English
-``LabelsLocalizationsBySentence``; ``prompt``), then one column per class, named by the class,
+``LabelsLocalizationsBySentence``; ``report``: a report's findings text, e.g. OpenI's;
+``prompt``), then one column per class, named by the class,
 in vocabulary order. The class order is stored with the table (parquet metadata), so a manifest
 is self-describing.
 
@@ -45,7 +46,7 @@ META_COLUMNS: tuple[str, ...] = (
     "weight",
     "dataset",
 )
-TEXT_COLUMNS: tuple[str, ...] = ("localizations", "prompt")
+TEXT_COLUMNS: tuple[str, ...] = ("localizations", "report", "prompt")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _METADATA_KEY = b"trcgl.classes"
 

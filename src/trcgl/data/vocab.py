@@ -198,6 +198,31 @@ CXRLT2024_UNSEEN: tuple[str, ...] = ("Bulla", "Cardiomyopathy", "Hilum", "Osteop
 #: CXR-LT 2024's ``labels.csv``: all 45 classes (40 + 5), sorted by name as in that file.
 CXRLT2024_ALL_CLASSES: tuple[str, ...] = tuple(sorted(CXRLT2024_CLASSES + CXRLT2024_UNSEEN))
 
+#: OpenI / Indiana University chest X-rays: torchxrayvision's 18 pathologies of its reports'
+#: MeSH terms (``Openi_Dataset.pathologies``, in its order), NIH-style names where NIH has the
+#: finding (``Effusion``, ``Infiltration``, ``Pleural_Thickening``), so that the data set joins
+#: NIH ChestX-ray14 in ``data.sources`` without a relabel table.
+OPENI_CLASSES: tuple[str, ...] = (
+    "Atelectasis",
+    "Calcified Granuloma",
+    "Cardiomegaly",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Fracture",
+    "Granuloma",
+    "Hernia",
+    "Infiltration",
+    "Lung Lesion",
+    "Mass",
+    "Nodule",
+    "Lung Opacity",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+)
+
 VOCABULARIES: dict[str, tuple[str, ...]] = {
     "cxrlt30": CXRLT_CLASSES,
     "nih15": NIH_CLASSES,
@@ -207,9 +232,12 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "cxrlt2023": CXRLT2023_CLASSES,
     "cxrlt2024": CXRLT2024_CLASSES,
     "cxrlt2024_all": CXRLT2024_ALL_CLASSES,
+    "openi18": OPENI_CLASSES,
 }
 
 DEFAULT_PADCHEST_MAPPING = "padchest_to_cxrlt30_v1.csv"
+#: The OpenI table: every MeSH heading and automatic term of the released reports → openi18.
+DEFAULT_OPENI_MAPPING = "openi_to_openi18_v1.csv"
 
 
 def vocabulary(name: str) -> tuple[str, ...]:

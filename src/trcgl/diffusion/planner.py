@@ -5,8 +5,10 @@ For each tail class ``c`` with ``n_c`` real *training* images (``split == "train
 training image that has ``c`` (the *source*): the synthetic image is conditioned on the prompt of
 the source's **whole label set** and labelled with it (an unknown label of the source stays
 unknown), so label co-occurrence stays realistic
-(docs/method.md §1, decision on prompts). Sources are drawn round-robin over a seeded permutation of
-the class's training images, so every source is used once before any is used again.
+(docs/method.md §1, decision on prompts); with report prompts (``source="report"``) its prompt
+is built from that same source image's report. Sources are drawn round-robin over a seeded
+permutation of the class's training images, so every source is used once before any is used
+again.
 
 The plan is a pure, deterministic function of the manifest, the tail classes, ``target`` and
 ``seed`` (one ``numpy`` generator per class, seeded from ``seed`` and the class's position in
@@ -49,6 +51,7 @@ def plan_synthesis(
     seed: int = 0,
     dataset: str = "padchest",
     *,
+    source: str = "labels",
     tokenizer: Any = None,
     max_length: int = CLIP_MAX_LENGTH,
 ) -> pd.DataFrame:
@@ -62,6 +65,8 @@ def plan_synthesis(
             ``max(0, target − n_c)`` rows.
         seed: seeds the permutation of each class's sources.
         dataset: prompt flavour for :func:`~trcgl.diffusion.prompts.prompts_for_manifest`.
+        source: the prompts' words, ``labels`` or ``report`` (the source image's report,
+            :func:`~trcgl.diffusion.prompts.report_prompt`).
         tokenizer: when given, prompts are shortened to ``max_length`` tokens, never dropping
             the target class (``keep``).
 
@@ -101,11 +106,16 @@ def plan_synthesis(
         rng = np.random.default_rng([int(seed), j])
         order = rows[rng.permutation(len(rows))]
         chosen = order[np.arange(need) % len(order)]
-        source = Manifest(frame.iloc[chosen], pool.classes)
+        source_rows = Manifest(frame.iloc[chosen], pool.classes)
         prompts = prompts_for_manifest(
-            source, dataset, tokenizer=tokenizer, max_length=max_length, keep=(name,)
+            source_rows,
+            dataset,
+            source=source,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            keep=(name,),
         )
-        src = source.frame
+        src = source_rows.frame
         part = pd.DataFrame(
             {
                 "target_class": name,
@@ -114,7 +124,7 @@ def plan_synthesis(
                 "prompt": prompts,
             }
         )
-        labels = pd.DataFrame(source.label_values(), columns=classes)
+        labels = pd.DataFrame(source_rows.label_values(), columns=classes)
         parts.append(pd.concat([part, labels], axis=1))
     if not parts:
         empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})

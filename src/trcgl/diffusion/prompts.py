@@ -36,6 +36,30 @@ are found like this (simple on purpose):
 An unparseable localisation string falls back to the labels alone (never an error). Prompts
 must fit the CLIP tokenizer's 77 positions (start and end tokens included): see
 :func:`shorten_prompt`, which drops locations first (last item first) and then trailing labels.
+
+Report prompts (``diffusion.prompt_source: report``). Where an image has report text, the
+prompt is the label prompt without its locations, a full stop, then the report's sentences in
+report order::
+
+    chest x-ray, PA view: atelectasis, cardiomegaly. Enlarged cardiomediastinal silhouette. Low
+    lung volumes. ...
+
+The report is the manifest's ``report`` column (OpenI's findings and impression,
+:mod:`trcgl.data.readers.openi`) or, for PadChest, its English ``LabelsLocalizationsBySentence``
+with each sentence group rendered as a sentence, findings then locations as in a label item
+(``"Pleural effusion, pleural right."``, ``"Normal."``; :func:`localisation_sentences`). To fit
+the 77 tokens (:func:`report_prompt`), whole sentences are dropped from the end; when not even
+the first fits, its trailing words are; the header and label words come first and are never
+dropped for the report (only labels too many for 77 tokens on their own are shortened as
+:func:`shorten_prompt` does). A row without report text gets its label prompt, byte for byte.
+
+Decision: negated and normal sentences (``"No pneumothorax."``, ``"Heart size is normal."``)
+are kept as written. The generator is conditioned on the report the image was read with, as
+chest X-ray text-to-image models are trained (RoentGen on MIMIC-CXR impressions, negations
+included); pruning them would need a negation detector whose mistakes would drop findings, and a
+report is mostly statements of absence, so the prompts of normal images would lose most of what
+they say. The positive findings are stated once more, unambiguously, by the label words in
+front, which are what the synthetic image is labelled with.
 """
 
 from __future__ import annotations
@@ -51,6 +75,7 @@ from typing import Any
 import numpy as np
 
 from trcgl.data.manifest import Manifest
+from trcgl.data.report_text import split_sentences
 from trcgl.data.vocab import FindingMapping, load_mapping
 from trcgl.errors import ConfigError
 
@@ -59,6 +84,9 @@ log = logging.getLogger(__name__)
 #: Prompt styles (each data format names one as its ``prompt_style``): ``padchest`` relates
 #: report localisations to labels through the finding mapping; the others use labels and view.
 DATASETS: tuple[str, ...] = ("padchest", "nih", "cxrlt", "plain")
+#: Where a prompt's words come from (``diffusion.prompt_source``): the labels (with PadChest's
+#: locations), or the report's sentences behind the label words.
+PROMPT_SOURCES: tuple[str, ...] = ("labels", "report")
 #: The CLIP text encoder's sequence length L (Eq. 1), start and end tokens included.
 CLIP_MAX_LENGTH = 77
 HEADER = "chest x-ray"
@@ -376,10 +404,68 @@ def shorten_prompt(
     return texts[-1] if texts else full
 
 
+def localisation_sentences(localizations: str | None) -> list[str]:
+    """PadChest's ``LabelsLocalizationsBySentence`` as English sentences, one per group with a
+    finding: its findings, then its locations, as a label item (``"[['pleural effusion', 'loc
+    pleural', 'loc right'], ['normal']]"`` → ``["Pleural effusion, pleural right.",
+    "Normal."]``); ``[]`` when empty or unparseable."""
+    out = []
+    for findings, locs in parse_localizations(localizations) or ():
+        if findings:
+            text = ", ".join(" ".join(f.split()) for f in findings)
+            if locs:
+                text += ", " + " ".join(locs)
+            out.append(f"{text[:1].upper()}{text[1:]}.")
+    return out
+
+
+def report_sentences(report: str | None, localizations: str | None = None) -> list[str]:
+    """The sentences a report prompt is made of: ``report``'s
+    (:func:`~trcgl.data.report_text.split_sentences`), else those of PadChest's
+    ``localizations`` (:func:`localisation_sentences`), else none."""
+    return split_sentences(report) or localisation_sentences(localizations)
+
+
+def _joined(head: str, words: Sequence[str]) -> str:
+    return f"{head}. {' '.join(words)}" if words else head
+
+
+def report_prompt(
+    parts: PromptParts,
+    sentences: Sequence[str],
+    tokenizer: Any = None,
+    max_length: int = CLIP_MAX_LENGTH,
+    keep: Collection[str] = (),
+) -> str:
+    """The report prompt of one image: ``parts``' labels and view (without locations), then
+    ``sentences`` (module docstring), e.g. ``"chest x-ray, PA view: cardiomegaly. The heart is
+    enlarged."``. With a ``tokenizer`` it fits ``max_length`` tokens: the longest run of
+    leading sentences that fits, or, if not even the first one does, the longest run of its
+    leading words; the label words are never dropped for them. No ``sentences``: the label
+    prompt (:func:`shorten_prompt` with a ``tokenizer``)."""
+    if not sentences:
+        return (
+            parts.text()
+            if tokenizer is None
+            else shorten_prompt(parts, tokenizer, max_length, keep)
+        )
+    labels = parts.without_locations()
+    head = labels.text()
+    if tokenizer is None:
+        return _joined(head, sentences)
+    for pieces in (sentences, sentences[0].split()):
+        candidates = [_joined(head, pieces[:k]) for k in range(len(pieces), 0, -1)]
+        for text, n in zip(candidates, token_lengths(candidates, tokenizer), strict=True):
+            if n <= max_length:
+                return text
+    return shorten_prompt(labels, tokenizer, max_length, keep)
+
+
 def prompts_for_manifest(
     manifest: Manifest,
     dataset: str,
     *,
+    source: str = "labels",
     mapping: FindingMapping | None = None,
     tokenizer: Any = None,
     max_length: int = CLIP_MAX_LENGTH,
@@ -388,8 +474,13 @@ def prompts_for_manifest(
     """One prompt per manifest row, from its positive classes (class order), ``view`` and, when
     the manifest has it, ``localizations``. With a ``tokenizer`` every prompt is shortened to
     fit ``max_length`` tokens (tokenized in batches; only the prompts that are too long are
-    shortened, never dropping the labels in ``keep``)."""
+    shortened, never dropping the labels in ``keep``).
+
+    ``source="report"``: a row with report text (``report``, or PadChest's ``localizations``)
+    gets its report prompt (:func:`report_prompt`), any other row its label prompt."""
     name = _check_dataset(dataset)
+    if source not in PROMPT_SOURCES:
+        raise ConfigError(f"unknown prompt source {source!r}; known: {', '.join(PROMPT_SOURCES)}")
     if mapping is None and name == "padchest" and "localizations" in manifest.frame:
         mapping = _default_mapping()
     frame = manifest.frame
@@ -402,9 +493,16 @@ def prompts_for_manifest(
         for row, view, loc in zip(y, views, locs, strict=True)
     ]
     texts = [p.text() for p in parts]
+    sentences: list[list[str]] = [[] for _ in texts]
+    if source == "report":
+        reports = frame["report"].tolist() if "report" in frame else [None] * len(frame)
+        sentences = [report_sentences(r, loc) for r, loc in zip(reports, locs, strict=True)]
+        texts = [
+            report_prompt(p, s) if s else t for p, s, t in zip(parts, sentences, texts, strict=True)
+        ]
     if tokenizer is None:
         return texts
     for i, n in enumerate(token_lengths(texts, tokenizer)):
         if n > max_length:
-            texts[i] = shorten_prompt(parts[i], tokenizer, max_length, keep)
+            texts[i] = report_prompt(parts[i], sentences[i], tokenizer, max_length, keep)
     return texts

@@ -47,7 +47,7 @@ def append_synthetic(
             in the manifest.
 
     When the manifest has no ``prompt`` column it gets one (``None`` for the existing rows);
-    a ``localizations`` column is ``None`` for synthetic rows.
+    ``localizations`` and ``report`` columns are ``None`` for synthetic rows.
     """
     if not (math.isfinite(w_syn) and w_syn >= 0):
         raise ConfigError(f"w_syn must be a finite number >= 0, got {w_syn!r}")
@@ -88,8 +88,9 @@ def append_synthetic(
             "weight": float(w_syn),
         }
     )
-    if "localizations" in frame:
-        new["localizations"] = pd.Series([None] * len(plan), dtype=object)
+    for column in ("localizations", "report"):  # the prompt holds what the image was made from
+        if column in frame:
+            new[column] = pd.Series([None] * len(plan), dtype=object)
     new["prompt"] = plan["prompt"].astype(str).to_numpy()
     for j, name in enumerate(classes):
         new[name] = labels[:, j].astype(frame[name].dtype)

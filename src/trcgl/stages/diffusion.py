@@ -129,6 +129,7 @@ def plan_for_run(
         _target(cfg, info),
         seed=cfg.diffusion.seed,
         dataset=cfg.data.prompt_style(),
+        source=cfg.diffusion.prompt_source,
         tokenizer=tokenizer,
     )
     cap = cfg.diffusion.max_per_class
@@ -190,7 +191,9 @@ def _dataset(cfg: Config, run_dir: Path, data: TrainingData, progress: bool, tok
     if len(rows) == 0:
         raise DataError("no real training images carry a tail class", path=run_dir)
     root = _generator_cache(cfg, data, rows, info, progress, run_dir)
-    prompts = prompts_for_manifest(rows, cfg.data.prompt_style(), tokenizer=tokenizer)
+    prompts = prompts_for_manifest(
+        rows, cfg.data.prompt_style(), source=cfg.diffusion.prompt_source, tokenizer=tokenizer
+    )
     dataset = PromptImageDataset(
         rows,
         root,

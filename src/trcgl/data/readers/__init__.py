@@ -16,6 +16,8 @@ Each format is a module of this package that registers a
 * ``mimic`` (:mod:`.mimic`): MIMIC-CXR-JPG ``-chexpert.csv`` / ``-negbio.csv`` with its
   ``-metadata.csv`` and ``-split.csv``;
 * ``cxrlt_mimic`` (:mod:`.cxrlt_mimic`): the CXR-LT 2023 / 2024 label CSVs;
+* ``openi`` (:mod:`.openi`): the OpenI / Indiana University reports archive, labels from its
+  MeSH terms by a mapping table, the report text kept;
 * ``vindr`` (:mod:`.vindr`): VinDr-CXR radiologist annotations, readers combined per image,
   boxes kept;
 * ``wide`` (:mod:`.wide`): a CSV with a 1 / 0 / -1 / blank column per class, columns chosen by
@@ -36,6 +38,7 @@ from trcgl.data.readers.format import DataFormat
 from trcgl.data.readers.mimic import read_mimic
 from trcgl.data.readers.nih import NIH_CSV_NAME, read_nih
 from trcgl.data.readers.nih_google import NIH_GOOGLE_CSV_NAME, read_nih_google
+from trcgl.data.readers.openi import OPENI_REPORTS_NAME, read_openi
 from trcgl.data.readers.padchest import PADCHEST_CSV_NAME, PADCHEST_EXCLUDE_FINDING, read_padchest
 from trcgl.data.readers.plain import read_plain
 from trcgl.data.readers.vindr import VINDR_CSV_NAME, read_vindr, read_vindr_boxes
@@ -45,6 +48,7 @@ __all__ = [
     "CHEXPERT_CSV_NAME",
     "NIH_CSV_NAME",
     "NIH_GOOGLE_CSV_NAME",
+    "OPENI_REPORTS_NAME",
     "PADCHEST_CSV_NAME",
     "PADCHEST_EXCLUDE_FINDING",
     "VINDR_CSV_NAME",
@@ -59,6 +63,7 @@ __all__ = [
     "read_mimic",
     "read_nih",
     "read_nih_google",
+    "read_openi",
     "read_padchest",
     "read_plain",
     "read_vindr",
