@@ -4,9 +4,10 @@ shipped in the torchxrayvision wheel.
 Usage: python scripts/dataset_counts_report.py
 
 CheXpert under each uncertainty policy, VinDr-CXR under each way of combining its readers, the
-full NIH ChestX-ray14 table and its radiologist boxes, and Google's expert labels of NIH images;
-every number is read through trcgl's own readers (``trcgl.data.readers``), on every row of each
-file (no view filter, no split).
+full NIH ChestX-ray14 table and its radiologist boxes, Google's expert labels of NIH images, and
+the OpenI reports (beside torchxrayvision's own reading of them, and the lengths of their report
+prompts); every number is read through trcgl's own readers (``trcgl.data.readers``), on every
+row of each file (no view filter, no split).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from trcgl.data.readers import (
     CHEXPERT_CSV_NAME,
     NIH_CSV_NAME,
     NIH_GOOGLE_CSV_NAME,
+    OPENI_REPORTS_NAME,
     VINDR_CSV_NAME,
     installed_label_csv,
     read_chexpert,
     read_nih,
     read_nih_google,
+    read_openi,
     read_vindr,
 )
 from trcgl.data.readers.nih import NIH_BOXES_NAME, read_nih_boxes
+from trcgl.data.readers.openi import OPENI_METADATA_NAME, iter_reports
+from trcgl.data.report_text import split_sentences
+from trcgl.diffusion.prompts import prompts_for_manifest, token_lengths
+from trcgl.diffusion.text import load_tokenizer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 
@@ -176,6 +183,68 @@ def google_section() -> list[str]:
     )
 
 
+def openi_section() -> list[str]:
+    import torchxrayvision as xrv
+
+    path = installed_label_csv(OPENI_REPORTS_NAME)
+    result = read_openi(path)
+    m = result.manifest
+    frame = m.frame
+    theirs = xrv.datasets.Openi_Dataset(imgpath="unused", views="*", unique_patients=False)
+    txrv = dict(zip(map(str, theirs.pathologies), theirs.labels.sum(axis=0), strict=True))
+    frontal = frame["view"].isin(["PA", "AP"]).to_numpy()
+    rows = []
+    for j, c in enumerate(m.classes):
+        has = m.labels()[:, j] == 1
+        rows.append(
+            [
+                c,
+                _n(has.sum()),
+                _n(frame.loc[has, "patient_id"].nunique()),
+                _n((has & frontal).sum()),
+                _n(txrv[c]),
+            ]
+        )
+    views = frame["view"].value_counts()
+    reports = sum(1 for _ in iter_reports(path))
+    table = _section(
+        "OpenI / Indiana University (`openi`)",
+        f"`{OPENI_REPORTS_NAME}`: {_n(reports)} reports, {_n(len(m))} images of "
+        f"{_n(frame['patient_id'].nunique())} patients (one report each; "
+        f"{_n(result.dropped.get('report without images', 0))} reports have no image). Views "
+        f"from `{OPENI_METADATA_NAME}`: {_n(views.get('PA', 0))} PA, {_n(views.get('AP', 0))} "
+        f"AP, {_n(views.get('L', 0))} lateral, {_n(views.get('', 0))} with no view (the `openi` "
+        "preset keeps PA and AP). Labels from the reports' MeSH terms (indexers' `major` and "
+        "`automatic`) by `openi_to_openi18_v1.csv`; "
+        f"{_n((m.labels().sum(axis=1) == 0).sum())} images have none of the 18 classes. The "
+        "last column is torchxrayvision's own reading (`Openi_Dataset`, all views, every image), "
+        "which uses the automatic terms alone: trcgl's adds the indexers' terms and departs from "
+        "its substring rule where it names the wrong anatomy (subcutaneous emphysema, "
+        "pericardial effusion, bone lesions).",
+        ["class", "images", "patients", "PA / AP images", "torchxrayvision"],
+        rows,
+    )
+    tokenizer = load_tokenizer()
+    has_text = np.array([bool(split_sentences(r)) for r in frame["report"]])
+    full = np.array(token_lengths(prompts_for_manifest(m, "plain", source="report"), tokenizer))
+    fitted = prompts_for_manifest(m, "plain", source="report", tokenizer=tokenizer)
+    kept = np.array(token_lengths(fitted, tokenizer))
+    long = full[has_text] > 77
+    prompts = [
+        "### Report prompts",
+        "",
+        f"{_n(has_text.sum())} of the {_n(len(m))} images have report text. Their report prompts "
+        "(`diffusion.prompt_source: report`: the label words, then the report's sentences) "
+        f"take {int(np.median(full[has_text]))} CLIP tokens at the median untruncated "
+        f"(90th percentile {int(np.percentile(full[has_text], 90))}, longest "
+        f"{int(full.max())}); {_n(long.sum())} ({100 * long.mean():.1f} %) exceed 77 and lose "
+        "sentences from the end. Fitted, the median is "
+        f"{int(np.median(kept[has_text]))} tokens and the longest {int(kept.max())}.",
+        "",
+    ]
+    return [*table, *prompts]
+
+
 def main() -> None:
     lines = [
         "# What each reader gives on the real label files",
@@ -195,6 +264,7 @@ def main() -> None:
         *vindr_section(),
         *nih_section(),
         *google_section(),
+        *openi_section(),
     ]
     DOC.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     print(f"wrote {DOC}")

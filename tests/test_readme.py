@@ -86,6 +86,7 @@ COMMANDS: dict[str, Run | Skip] = {
     ),
     "trcgl prepare --config chexpert": Run(expect=["runs/chexpert/prepare.json"]),
     "trcgl prepare --config vindr": Run(expect=["runs/vindr/prepare.json"]),
+    "trcgl prepare --config openi": Run(expect=["runs/openi/prepare.json"]),
     "trcgl prepare --config my.yaml --run-dir runs/exp1 split.seed=1 images.size=512": Run(
         expect=["runs/exp1/cache/512", "runs/exp1/prepare.json"]
     ),
