@@ -380,3 +380,37 @@ def test_view_table_errors(tmp_path):
     table.write_text("imageid,ViewPosition\nA,PA\n")
     with pytest.raises(DataError, match=r"missing column\(s\) \['View Position'\]"):
         read_openi(path)
+
+
+def test_openi_joins_nih_without_a_relabel_table(tmp_path, nih_sample, openi):
+    """NIH's class names: the union vocabulary shares 13 classes; each data set's classes that
+    the other lacks are unknown there; the report column is empty for the NIH rows."""
+    from trcgl.data.vocab import NIH_CLASSES
+    from trcgl.stages.prepare import prepare
+
+    entries = pd.read_csv(nih_sample / "Data_Entry_sample.csv", dtype=str).head(60)
+    entries.to_csv(tmp_path / "nih.csv", index=False)
+    sources = [
+        {"name": "nih", "format": "nih", "labels_csv": str(tmp_path / "nih.csv")},
+        {"name": "openi", "format": "openi", "projections": ["PA"]},
+    ]
+    cfg = load_config("nih-demo", [f"data.sources={sources}", "data.vocabulary=null"])
+    manifest = prepare(cfg, tmp_path / "run", progress=False).manifest
+    assert manifest.classes == (*NIH_CLASSES, *(c for c in OPENI_CLASSES if c not in NIH_CLASSES))
+    assert len(set(NIH_CLASSES) & set(OPENI_CLASSES)) == 13
+    frame = manifest.frame
+    values = pd.DataFrame(manifest.label_values(), columns=manifest.classes)
+    from_openi = (frame["dataset"] == "openi").to_numpy()
+    assert from_openi.sum() == 3591 and (~from_openi).sum() == 60
+    alone = openi.manifest.frame[openi.manifest.frame["view"] == "PA"]
+    for cls in manifest.classes:
+        if cls not in OPENI_CLASSES:
+            expected = from_openi
+        elif cls not in NIH_CLASSES:
+            expected = ~from_openi
+        else:
+            expected = np.zeros(len(frame), bool)
+            assert values.loc[from_openi, cls].sum() == alone[cls].sum()  # no relabelling
+        assert (values[cls].isna().to_numpy() == expected).all(), cls
+    assert (frame.loc[~from_openi, "report"] == "").all()
+    assert (frame.loc[from_openi, "report"].to_numpy() == alone["report"].to_numpy()).all()
