@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trcgl.data.manifest import Manifest, build_manifest
+from trcgl.data.manifest import META_COLUMNS, Manifest, build_manifest
 from trcgl.data.readers import read_nih
 from trcgl.data.split import split_patients
 from trcgl.errors import DataError
@@ -69,6 +69,17 @@ def test_save_and_load_keep_unknown_cells_and_the_dataset(tmp_path):
     assert back.frame["dataset"].tolist() == ["chexpert", "nih"]
     np.testing.assert_array_equal(back.known(), m.known())
     assert back.digest() == m.digest()
+
+
+def test_report_text_is_kept_and_left_out_of_the_digest(tmp_path):
+    labels = np.array([[1, 0], [0, 1]])
+    records = _records(2).assign(report=["Lungs are clear.", ""], localizations=["", "[]"])
+    m = build_manifest(records, labels, ("a", "b"))
+    assert list(m.frame.columns) == [*META_COLUMNS, "localizations", "report", "a", "b"]
+    m.save(tmp_path / "m.parquet")
+    back = Manifest.load(tmp_path / "m.parquet")
+    assert back.frame["report"].tolist() == ["Lungs are clear.", ""]
+    assert back.digest() == build_manifest(_records(2), labels, ("a", "b")).digest()
 
 
 def test_a_manifest_written_before_unknown_cells_and_datasets_loads(tmp_path):

@@ -229,6 +229,8 @@ def test_prepare_with_the_preset_labels_only(tmp_path, monkeypatch):
         ("Dual-XXXX cardiac pacing device.", "Cardiac pacing device."),
         ("XXXX/XXXX.", ""),
         ("XXXX XXXX XXXX.", ""),
+        ("Stable heart XXXX", "Stable heart."),
+        ("There is no XXXX;", "There is no."),
         ("Lungs are clear.", "Lungs are clear."),
     ],
 )  # fmt: skip
@@ -241,6 +243,7 @@ def test_report_text_and_sentences():
         "No acute disease. Stable heart."
     )
     assert report_text("Heart normal.", "") == "Heart normal."
+    assert report_text("Heart normal", "No acute disease") == "Heart normal. No acute disease."
     assert report_text("", "") == ""
     assert split_sentences("A 3.5 cm nodule. Hilar/perihilar  nodes!  Why? 2.") == [
         "A 3.5 cm nodule.",

@@ -118,18 +118,24 @@ class Report:
 
 
 def clean_sentence(sentence: str) -> str:
-    """One sentence with OpenI's ``XXXX`` masks handled (module docstring); ``""`` when no
-    word is left."""
+    """One sentence with OpenI's ``XXXX`` masks handled (module docstring), ending in a full
+    stop if it had no end mark; ``""`` when no word is left."""
     text = _XRAY.sub(lambda m: f"{m.group(1)}-ray", sentence)
     text = _LOOSE_SLASH.sub(" ", _MASKED.sub(" ", text))
     text = _REPEATED.sub(r"\1", _SPACE_BEFORE.sub(r"\1", " ".join(text.split())))
-    text = _COMMA_END.sub(r"\1", text).lstrip(" ,;:.")
-    return text[:1].upper() + text[1:] if split_sentences(text) else ""
+    text = _COMMA_END.sub(r"\1", text).strip(" ,;:")
+    text = text.lstrip(".").lstrip()
+    if not split_sentences(text):
+        return ""
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
 
 
 def report_text(findings: str, impression: str) -> str:
-    """``FINDINGS`` then ``IMPRESSION``, masks handled, one space between sentences."""
-    sentences = (clean_sentence(s) for s in split_sentences(f"{findings} {impression}"))
+    """``FINDINGS`` then ``IMPRESSION``, masks handled, one space between sentences (a section
+    that does not end its last sentence does not run into the next)."""
+    sentences = (
+        clean_sentence(s) for s in [*split_sentences(findings), *split_sentences(impression)]
+    )
     return " ".join(s for s in sentences if s)
 
 
