@@ -160,6 +160,22 @@ def test_padchest_tail_rows(padchest, tokenizer):
                 assert cls.lower() in prompt, (prompt, cls)
         has_location += prompt != build_prompt([c for c in tail.classes if row[c]], row["view"])
     assert has_location > len(rows) // 2  # most tail rows are localised in the report
+    # report prompts: the label words, then the localisations as sentences, to 77 tokens
+    reports = prompts_for_manifest(
+        tail, "padchest", source="report", tokenizer=tokenizer, keep=TAIL
+    )
+    assert max(token_lengths(reports, tokenizer)) <= 77
+    with_sentences = 0
+    for prompt, (_, row) in zip(reports, rows.iterrows(), strict=True):
+        labels = [c for c in tail.classes if row[c]]
+        head = prompt_parts(labels, row["view"]).without_locations().text()
+        sentences = localisation_sentences(row["localizations"])
+        if sentences:
+            assert prompt == head or prompt.startswith(f"{head}. "), prompt
+            with_sentences += prompt.startswith(f"{head}. {sentences[0].split()[0]}")
+        else:
+            assert prompt == build_prompt(labels, row["view"], row["localizations"])
+    assert with_sentences > len(rows) * 0.9
 
 
 def test_prompt_parts_are_structured():
