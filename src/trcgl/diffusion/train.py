@@ -76,7 +76,7 @@ from trcgl.training.checkpoint import (
     write_checkpoint,
 )
 from trcgl.training.optimizers import build_optimizer
-from trcgl.training.precision import resolve_mixed_precision
+from trcgl.training.precision import make_accelerator
 
 __all__ = [
     "PromptImageDataset",
@@ -531,7 +531,6 @@ def train_generator(
         ``train_loss_last`` (mean training loss of the first / last 10 steps), ``steps``,
         ``resumed_from``, ``seconds_per_step`` (median), ``trainable_unet_parameters``, ...
     """
-    from accelerate import Accelerator
 
     config.validate()
     out = Path(out_dir)
@@ -543,8 +542,8 @@ def train_generator(
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise DataError("the generator's training set is empty")
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+    accelerator = make_accelerator(
+        config.mixed_precision,
         cpu=cpu or not torch.cuda.is_available(),
     )
     device = accelerator.device
