@@ -200,8 +200,11 @@ def _dataset(cfg: Config, run_dir: Path, data: TrainingData, progress: bool, tok
     return dataset, rows
 
 
-def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> Any:
-    """The tiny generator with its VAE trained on the real images (once; saved to ``base/``)."""
+def _tiny_base(
+    cfg: Config, out: Path, dataset: Any, progress: bool = False, dtype: torch.dtype | None = None
+) -> Any:
+    """The tiny generator with its VAE trained on the real images (once; saved to ``base/``),
+    loaded in ``dtype`` (default: fp32)."""
     from torch.utils.data import DataLoader
 
     from trcgl.diffusion.families import generator_family
@@ -211,7 +214,7 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
     family = generator_family(d.generator)
     base = out / "base"
     if (out / "vae.json").is_file() and (base / "model_index.json").is_file():
-        return family.from_pretrained(str(base))
+        return family.from_pretrained(str(base), torch_dtype=dtype)
     components = family.from_pretrained(None, {"image_size": d.image_size, "seed": d.seed})
     components.vae.to(_device())
     loader = DataLoader(
@@ -235,7 +238,7 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
         "seconds": round(time.time() - started, 2),
     }
     atomic_write_text(out / "vae.json", json.dumps(summary, indent=2) + "\n")
-    return family.from_pretrained(str(base))
+    return family.from_pretrained(str(base), torch_dtype=dtype)
 
 
 def _source(cfg: Config) -> str | None:
@@ -272,7 +275,7 @@ def train_stage(
     from trcgl.diffusion.families import generator_family
     from trcgl.diffusion.generator_folder import save_generator_folder
     from trcgl.diffusion.text import load_tokenizer
-    from trcgl.diffusion.train import train_generator
+    from trcgl.diffusion.train import frozen_dtype, train_generator
 
     run_dir = Path(run_dir)
     out = run_dir / DIFFUSION_DIR
@@ -298,13 +301,16 @@ def train_stage(
         return _record(run_dir, "train") or {}
     source = _source(cfg)
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
+    # Under mixed precision LoRA and frozen runs hold the frozen weights in its dtype
+    # (:func:`~trcgl.diffusion.train.hold_frozen`): loaded in it.
+    held = frozen_dtype(resolve_mixed_precision(d.mixed_precision), d.unet_mode)
     with state.main_process_first():  # the cache and the tiny VAE: built once, then read
         dataset, rows = _dataset(cfg, run_dir, data, progress and main, tokenizer)
         out.mkdir(parents=True, exist_ok=True)
         if source:
-            components = generator_family(d.generator).from_pretrained(source)
+            components = generator_family(d.generator).from_pretrained(source, torch_dtype=held)
         else:
-            components = _tiny_base(cfg, out, dataset, progress and main)
+            components = _tiny_base(cfg, out, dataset, progress and main, held)
     conditioner = PromptConditioner(
         components.text_encoder, components.tokenizer, num_context=d.num_context
     )
@@ -379,10 +385,11 @@ def sample_precision(setting: str, device: torch.device) -> torch.dtype:
 def _cast_for_sampling(components: Any, dtype: torch.dtype) -> None:
     """UNet and text encoder in ``dtype``; the VAE too, unless it asks to decode in fp32
     (``force_upcast``, as diffusers' pipelines honour) and ``dtype`` is fp16."""
+    from trcgl.diffusion.components import vae_dtype
+
     components.unet.to(dtype)
     components.text_encoder.to(dtype)
-    upcast = bool(getattr(components.vae.config, "force_upcast", False))
-    components.vae.to(torch.float32 if upcast and dtype == torch.float16 else dtype)
+    components.vae.to(vae_dtype(components.vae, dtype))
 
 
 def sample_stage(
