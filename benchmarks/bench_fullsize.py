@@ -8,23 +8,31 @@ memory is its own):
 
 * the generator's training (:func:`trcgl.diffusion.train.train_generator`, 512 px, batch 2,
   m = 8, LoRA rank 8) for 2 steps in LoRA, frozen and full mode, with and without
-  ``gradient_checkpointing``;
+  ``gradient_checkpointing``; in LoRA mode also with checkpointing and the step's 2 images
+  as 2 accumulated micro-batches of 1 (``grad_accumulation``: the same step), and under bf16
+  mixed precision (which holds the frozen weights in bf16, :func:`trcgl.diffusion.train.
+  hold_frozen`; on a GPU ``auto`` is bf16 already);
 * sampling (:func:`trcgl.diffusion.sample.sample_images`): 2 images, 2 DDIM steps, ω = 3;
 * the classifier (TRCGL-Net on ``convnextv2_base``, drop path 0.2) for 2 AdamW steps at 224 and
   512 px, batch 2, with and without gradient checkpointing;
 
 and writes seconds per step (the second step; the first warms up) and the peak resident
 memory (CPU; from after the models are loaded, VmHWM reset, glibc's mmap threshold fixed, see
-:data:`ENV`) or the peak allocated GPU memory per configuration to
+:data:`ENV`; the loading's own peak beside it, ``after_load``: a base loaded in fp32 is
+memory-mapped and only read as it is used, one converted to bf16 is read whole) or the peak
+allocated GPU memory per configuration to
 ``benchmarks/results/fullsize.json``, with the size of a LoRA run's generator folder against
-its base model's. ``--dry``: the tiny generator, ``convnextv2_atto`` at 32 px, 1 image — the
-test suite runs it so the script cannot rot.
+its base model's. ``--only NAME ...`` runs those configurations and keeps the others' earlier
+results from ``--out`` (each configuration says when it was ``measured``). ``--dry``: the
+tiny generator, ``convnextv2_atto`` at 32 px, 1 image — the test suite runs it so the script
+cannot rot.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import resource
@@ -48,11 +56,34 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fullsize.json"
 ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 GENERATOR = {
-    "lora": {"unet_mode": "lora", "gradient_checkpointing": False},
+    "lora": {"unet_mode": "lora"},
     "lora + checkpointing": {"unet_mode": "lora", "gradient_checkpointing": True},
-    "frozen": {"unet_mode": "frozen", "gradient_checkpointing": False},
+    "lora + checkpointing + accumulation": {
+        "unet_mode": "lora",
+        "gradient_checkpointing": True,
+        "grad_accumulation": 2,
+    },
+    "lora + bf16": {"unet_mode": "lora", "mixed_precision": "bf16"},
+    "lora + bf16 + checkpointing": {
+        "unet_mode": "lora",
+        "mixed_precision": "bf16",
+        "gradient_checkpointing": True,
+    },
+    "frozen": {"unet_mode": "frozen"},
     "frozen + checkpointing": {"unet_mode": "frozen", "gradient_checkpointing": True},
     "full + checkpointing": {"unet_mode": "full", "gradient_checkpointing": True},
+}
+#: The peak-memory ratios reported: (with the savers, the plain path).
+RATIOS = {
+    "lora: checkpointing / plain peak memory": ("lora + checkpointing", "lora"),
+    "lora: checkpointing + accumulation / plain peak memory": (
+        "lora + checkpointing + accumulation",
+        "lora",
+    ),
+    "lora: bf16 / plain peak memory": ("lora + bf16", "lora"),
+    "lora: bf16 + checkpointing / plain peak memory": ("lora + bf16 + checkpointing", "lora"),
+    "lora + bf16: checkpointing / bf16 peak memory": ("lora + bf16 + checkpointing", "lora + bf16"),
+    "frozen: checkpointing / plain peak memory": ("frozen + checkpointing", "frozen"),
 }
 CLASSIFIER = {
     f"classifier {size} px{' + checkpointing' if ckpt else ''}": {"size": size, "ckpt": ckpt}
@@ -93,30 +124,35 @@ def generator_run(base: Path, settings: dict, size: int, batch: int, work: Path)
     from trcgl.diffusion.components import load_components
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.generator_folder import save_generator_folder
-    from trcgl.diffusion.train import train_generator
+    from trcgl.diffusion.train import frozen_dtype, train_generator
+    from trcgl.training.precision import resolve_mixed_precision
 
-    components = load_components(base)
-    loaded = _peak()
-    _reset_peak()
-    conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=8)
+    accumulate = settings.get("grad_accumulation", 1)  # the step's batch in micro-batches
     config = DiffusionConfig(
         image_size=size,
-        batch_size=batch,
+        batch_size=max(1, batch // accumulate),
         steps=2,
         checkpoint_every=1000,
         eval_size=1,
         eval_timesteps=1,
         lora_rank=8,
-        mixed_precision="auto",
-        **settings,
+        **{"mixed_precision": "auto", **settings},
     )
-    dataset = RandomImages(batch, size)
+    # As `trcgl diffusion train` loads it: under mixed precision the frozen weights in its dtype.
+    held = frozen_dtype(resolve_mixed_precision(config.mixed_precision), config.unet_mode)
+    components = load_components(base, torch_dtype=held)
+    loaded = _peak()
+    _reset_peak()
+    conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=8)
+    dataset = RandomImages(config.batch_size * accumulate, size)
     summary = train_generator(components, conditioner, dataset, config, work / "train")
     rows = [json.loads(line) for line in (work / "train" / "loss.jsonl").read_text().splitlines()]
     result = {
         "seconds_per_step": rows[-1]["seconds"],
         "first_step_seconds": rows[0]["seconds"],
         "trainable_unet_parameters": summary["trainable_unet_parameters"],
+        "mixed_precision": summary["mixed_precision"],
+        "unet_weights": sorted({str(p.dtype) for p in components.unet.parameters()}),
         "after_load": loaded,
         **_peak(),
     }
@@ -235,9 +271,19 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    earlier: dict[str, dict] = {}
+    if args.only and args.out.is_file():
+        kept = json.loads(args.out.read_text())
+        earlier = {
+            name: {"measured": kept.get("date"), **row}
+            for name, row in kept.get("configurations", {}).items()
+        }
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     results: dict[str, dict] = {}
     for name in [*GENERATOR, "sampling", *CLASSIFIER]:
         if args.only and name not in args.only:
+            if name in earlier:
+                results[name] = earlier[name]
             continue
         command = [sys.executable, __file__, "--one", name, "--base", str(base)]
         command += ["--dry"] if args.dry else []
@@ -249,13 +295,17 @@ def main() -> None:
         else:
             results[name] = json.loads(lines[-1].removeprefix("RESULT "))
         results[name]["wall_seconds"] = round(time.perf_counter() - started, 1)
+        results[name]["measured"] = today
         print(name, json.dumps(results[name]), flush=True)
     key = "peak_gpu_gb" if torch.cuda.is_available() else "peak_rss_gb"
-    ratios = {}
-    for mode in ("lora", "frozen"):
-        plain, saver = results.get(mode, {}), results.get(f"{mode} + checkpointing", {})
-        if key in plain and key in saver:
-            ratios[f"{mode}: checkpointing / plain peak memory"] = saver[key] / plain[key]
+    ratios, whole = {}, {}
+    for ratio, (saver, plain) in RATIOS.items():
+        a, b = results.get(saver, {}), results.get(plain, {})
+        if key in a and key in b:
+            ratios[ratio] = a[key] / b[key]
+            # from the process's start: loading included
+            top = [max(r[key], r.get("after_load", {}).get(key, 0.0)) for r in (a, b)]
+            whole[ratio] = top[0] / top[1]
     result = {
         "dry": args.dry,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -264,6 +314,7 @@ def main() -> None:
         "unet_parameters_m": parameters(unet) / 1e6,
         "configurations": results,
         "ratios": ratios,
+        "ratios_whole_process": whole,
     }
     save(result, args.out, torch=torch.__version__)
 

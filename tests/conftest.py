@@ -97,6 +97,25 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def two_processes(*args: str):
+    """``torchrun --nproc_per_node 2 -m trcgl.cli <args>`` on the CPU (gloo, one thread per
+    process): what ``accelerate launch`` does on two GPUs. Fails the test if it fails."""
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "trcgl.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 #: A tiny but complete training configuration (convnextv2_atto at 32 px, 3 steps an epoch).
 TINY_TRAIN = [
     "images.size=32",

@@ -39,7 +39,7 @@ def test_gpu_check_dry(tmp_path):
 
 def test_fullsize_dry_run(tmp_path):
     out = tmp_path / "fullsize.json"
-    only = ["lora", "lora + checkpointing", "sampling", "classifier 224 px"]
+    only = ["lora", "lora + bf16 + checkpointing", "sampling", "classifier 224 px"]
     _run("bench_fullsize.py", "--out", str(out), "--base", str(tmp_path / "sd"), "--only", *only)
     result = json.loads(out.read_text())
     configurations = result["configurations"]
@@ -48,4 +48,8 @@ def test_fullsize_dry_run(tmp_path):
     lora = configurations["lora"]
     assert lora["seconds_per_step"] > 0 and lora["peak_rss_gb"] > 0
     assert lora["generator_folder_mb"] < 0.05 * lora["base_model_mb"]  # no copy of the base
-    assert "lora: checkpointing / plain peak memory" in result["ratios"]
+    ratio = "lora: bf16 + checkpointing / plain peak memory"
+    assert ratio in result["ratios"] and ratio in result["ratios_whole_process"]
+    held = configurations["lora + bf16 + checkpointing"]
+    assert held["mixed_precision"] == "bf16"
+    assert held["unet_weights"] == ["torch.bfloat16", "torch.float32"]  # base, LoRA

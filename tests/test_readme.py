@@ -64,6 +64,10 @@ GPUS = (
     "needs several GPUs; tests/training/test_trainer.py runs the same training in two CPU "
     "processes (gloo)"
 )
+RUN_GPUS = (
+    "needs several GPUs; tests/stages/test_pipeline.py runs `trcgl run` in two CPU processes "
+    "(gloo) and compares it with one process's run"
+)
 
 COMMANDS: dict[str, Run | Skip] = {
     # -- Two commands
@@ -140,6 +144,12 @@ COMMANDS: dict[str, Run | Skip] = {
         "needs several GPUs; tests/stages/test_diffusion.py samples with two CPU processes "
         "(gloo) and compares the files with one process's"
     ),
+    "accelerate launch --multi_gpu --num_processes 8 -m trcgl.cli run -c padchest "
+    "data.image_root=/data/padchest diffusion.source=/models/roentgen": Skip(RUN_GPUS),
+    "accelerate launch --multi_gpu --num_machines 2 --num_processes 16 --machine_rank 0 "
+    "--main_process_ip 10.0.0.1 --main_process_port 29500 -m trcgl.cli run -c padchest "
+    "--run-dir /shared/runs/padchest data.image_root=/data/padchest "
+    "diffusion.source=/models/roentgen": Skip(RUN_GPUS),
     # -- The whole method in one command
     "trcgl run -c padchest data.image_root=/data/padchest diffusion.source=/models/roentgen": (
         Skip(PADCHEST)

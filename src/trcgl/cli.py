@@ -200,16 +200,14 @@ def train(
     """Prepare (if needed) and train the configured model in two stages; resumes a killed run.
 
     Multi-GPU / multi-node: `accelerate launch -m trcgl.cli train -c ...` (see the README)."""
-    import torch
-    from accelerate import PartialState
-
+    from trcgl.stages.pipeline import processes
     from trcgl.stages.prepare import prepare as run_prepare
     from trcgl.stages.train import train as run_train
 
     try:
         cfg = load_config(config, overrides or [])
         out = _run_dir(cfg, run_dir)
-        state = PartialState(cpu=not torch.cuda.is_available())
+        state = processes()
         with state.main_process_first():  # the others then find it prepared
             run_prepare(cfg, out, progress=state.is_main_process)
         result = run_train(cfg, out)
@@ -519,6 +517,8 @@ def _pipeline(cfg, out: Path) -> None:
         result = run_pipeline(cfg, out, log=lambda line: console.print(escape(line)))
     except TrcglError as exc:
         _fail(exc)
+    if not result.main:  # the other processes of an `accelerate launch`: one summary
+        return
     split = result.split
     console.print(metrics_table(f"{cfg.name}: {split} split", result.metrics))
     if result.intervals:
@@ -554,7 +554,9 @@ def run_cmd(
 ) -> None:
     """The whole method in one run directory: prepare, diffusion train / sample / filter,
     two-stage training, evaluation, report.html. Complete stages are skipped; a killed run
-    resumes where it stopped."""
+    resumes where it stopped.
+
+    Several GPUs or nodes: `accelerate launch -m trcgl.cli run -c ...` (see the README)."""
     try:
         cfg = load_config(config, overrides or [])
     except TrcglError as exc:
@@ -685,18 +687,23 @@ ForceOption = Annotated[bool, typer.Option(help="Redo the stage even if it is co
 
 def _diffusion_stage(
     name: str, config: list[str], overrides: list[str] | None, run_dir: Path | None, force: bool
-) -> tuple[dict, Path]:
-    """Prepare the run if needed, then run one diffusion stage; errors end the command."""
+) -> tuple[dict, Path] | None:
+    """Prepare the run if needed, then run one diffusion stage; errors end the command. Under
+    `accelerate launch`: the main process prepares, and only it gets the record to print."""
     from trcgl.stages import diffusion as stage
+    from trcgl.stages.pipeline import processes
     from trcgl.stages.prepare import prepare as run_prepare
 
     try:
         cfg = load_config(config, overrides or [])
         out = _run_dir(cfg, run_dir)
-        run_prepare(cfg, out)
-        return getattr(stage, f"{name}_stage")(cfg, out, force=force), out
+        state = processes()
+        with state.main_process_first():  # the others then find it prepared
+            run_prepare(cfg, out, progress=state.is_main_process)
+        record = getattr(stage, f"{name}_stage")(cfg, out, force=force)
     except TrcglError as exc:
         _fail(exc)
+    return (record, out) if state.is_main_process else None
 
 
 @diffusion_app.command("train")
@@ -707,7 +714,10 @@ def diffusion_train(
     force: ForceOption = False,
 ) -> None:
     """Train the generator (Eq. 3) on the run's real tail images; resumes a killed run."""
-    record, out = _diffusion_stage("train", config, overrides, run_dir, force)
+    done = _diffusion_stage("train", config, overrides, run_dir, force)
+    if done is None:
+        return
+    record, out = done
     if record.get("skipped"):
         console.print(f"[yellow]nothing to train:[/] {record['skipped']}")
         return
@@ -726,7 +736,10 @@ def diffusion_sample(
     force: ForceOption = False,
 ) -> None:
     """Generate the tail planner's images (Eq. 4–6) with the trained generator; resumable."""
-    record, out = _diffusion_stage("sample", config, overrides, run_dir, force)
+    done = _diffusion_stage("sample", config, overrides, run_dir, force)
+    if done is None:
+        return
+    record, out = done
     per_class = record.get("per_class") or {}
     console.print(
         f"{record['made']:,} synthetic images"
@@ -744,7 +757,10 @@ def diffusion_filter(
 ) -> None:
     """Keep the synthetic images a real-data classifier recognises and that copy no training
     image; they become training rows (source=synthetic, weight=w_syn) and Fig. 3."""
-    record, out = _diffusion_stage("filter", config, overrides, run_dir, force)
+    done = _diffusion_stage("filter", config, overrides, run_dir, force)
+    if done is None:
+        return
+    record, out = done
     console.print(synthetic_table(record))
     console.print(f"Fig. 3: [bold]{out / 'synthetic' / 'samples.png'}[/]")
 

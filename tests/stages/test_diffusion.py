@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_DIFFUSION, invoke
+from tests.conftest import TINY_DIFFUSION, invoke, two_processes
 from trcgl.config import load_config
 from trcgl.data.cache import cached_path
 from trcgl.data.images import read_image
@@ -233,24 +233,7 @@ def _pngs(run: Path) -> dict[str, bytes]:
 
 def _two_processes(command: str, run: Path, args: list[str]):
     """`torchrun --nproc_per_node 2 -m trcgl.cli diffusion <command>` (CPU, gloo); its result."""
-    import os
-    import subprocess
-    import sys
-
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            *(str(torchrun), "--nproc_per_node", "2", "-m", "trcgl.cli", "diffusion", command),
-            *("-c", "nih-demo", "--run-dir", str(run), *args),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return two_processes("diffusion", command, "-c", "nih-demo", "--run-dir", str(run), *args)
 
 
 def test_two_processes_write_the_same_images_as_one(synthesized, tmp_path):

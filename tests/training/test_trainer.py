@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import trcgl.training.trainer as trainer_module
-from tests.conftest import killed_after_checkpoint
+from tests.conftest import killed_after_checkpoint, two_processes
 from trcgl.config import load_config
 from trcgl.models.base import load_model
 from trcgl.stages.prepare import prepare
@@ -199,34 +199,9 @@ def test_empty_validation_class_warns(prepared, tmp_path):
 
 def test_two_process_data_parallel_training_with_gloo(prepared, tmp_path):
     """`torchrun --nproc_per_node 2` (CPU, gloo): what `accelerate launch` does on GPUs."""
-    import os
-    import subprocess
-    import sys
-
     run, overrides = prepared
     run = _copy(run, tmp_path / "run")
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "trcgl.cli",
-            "train",
-            "-c",
-            "nih-demo",
-            "--run-dir",
-            str(run),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = two_processes("train", "-c", "nih-demo", "--run-dir", str(run), *overrides)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]  # one log line per epoch, not per rank
     assert result.stdout.count("best validation mAP") == 1

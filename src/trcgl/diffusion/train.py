@@ -19,7 +19,12 @@ and E_cond = concat_seq(C, E_n) (Eq. 2).
   gradients, activations recomputed) and ``grad_accumulation`` (a step's batch of
   ``batch_size × grad_accumulation`` images run as micro-batches of ``batch_size``; all of the
   step's randomness is drawn for the whole batch first, so the step equals the one-batch step
-  up to float summation order).
+  up to float summation order). Under mixed precision the frozen weights are held in its
+  dtype (:func:`hold_frozen`, LoRA and frozen mode), the trainable ones in fp32. The VAE
+  encodes one image at a time (:func:`~trcgl.diffusion.components.encode_latents`), and the
+  UNet's attention is PyTorch's SDPA (flash / memory-efficient kernels: attention memory
+  linear in the 4,096 latent positions of a 512 px image, so attention slicing would only
+  cost time).
 * Checkpoints (``out_dir/checkpoints/step-NNNNNNN/``, written under a temporary name and
   renamed, then ``latest.json`` replaced atomically; safetensors only): the context vectors,
   the trainable UNet weights (LoRA or all), the optimiser, the RNG states (global ones and the
@@ -63,7 +68,7 @@ from trcgl.config import DiffusionConfig
 from trcgl.data.cache import cached_relpath, resize_square
 from trcgl.data.images import read_image
 from trcgl.data.manifest import Manifest
-from trcgl.diffusion.components import Components, add_lora, has_lora
+from trcgl.diffusion.components import Components, add_lora, has_lora, vae_dtype
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError, DataError, TrcglError
 from trcgl.files import atomic_write_text
@@ -76,13 +81,15 @@ from trcgl.training.checkpoint import (
     write_checkpoint,
 )
 from trcgl.training.optimizers import build_optimizer
-from trcgl.training.precision import resolve_mixed_precision
+from trcgl.training.precision import make_accelerator
 
 __all__ = [
     "PromptImageDataset",
     "apply_trained",
     "diffusion_loss",
     "evaluate_loss",
+    "frozen_dtype",
+    "hold_frozen",
     "latest_generator_checkpoint",
     "save_generator_checkpoint",
     "train_generator",
@@ -424,6 +431,31 @@ def _load_unet_weights(unet: UNet2DConditionModel, path: Path) -> None:
         )
 
 
+def frozen_dtype(mixed_precision: str, unet_mode: str) -> torch.dtype | None:
+    """The dtype the frozen weights are held in while the generator trains: under mixed
+    precision (``bf16`` / ``fp16``) that of the autocast, in ``lora`` and ``frozen`` mode;
+    ``None`` (as loaded) otherwise. A ``full`` run saves its whole generator, VAE and text
+    encoder included, so it keeps them as they are. ``trcgl diffusion train`` loads the base
+    in it (diffusers' ``torch_dtype``)."""
+    if unet_mode == "full":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+
+def hold_frozen(components: Components, dtype: torch.dtype) -> None:
+    """Hold the weights that do not train in ``dtype`` and those that train in fp32, as
+    diffusers' LoRA training script does under mixed precision: the UNet's frozen weights (all
+    of them, or all but the LoRA adapter), the text encoder and the VAE (fp32 where it asks,
+    :func:`~trcgl.diffusion.components.vae_dtype`) in ``dtype``; the LoRA weights in fp32 (the
+    optimiser's master copy; a base loaded in ``dtype`` gives them that dtype). Autocast
+    computes in ``dtype`` either way, so what changes is the frozen weights' rounding (of the
+    norms' scales, which autocast keeps in fp32) and half of their memory."""
+    for p in components.unet.parameters():
+        p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
+    components.text_encoder.to(dtype)
+    components.vae.to(vae_dtype(components.vae, dtype))
+
+
 def _prepare_unet(unet: UNet2DConditionModel, settings: Mapping[str, Any]) -> None:
     """Switch on what ``unet_mode`` trains (adding the LoRA adapter, seeded, if missing);
     ``settings``: :func:`training_settings`, or those a checkpoint saved."""
@@ -531,7 +563,6 @@ def train_generator(
         ``train_loss_last`` (mean training loss of the first / last 10 steps), ``steps``,
         ``resumed_from``, ``seconds_per_step`` (median), ``trainable_unet_parameters``, ...
     """
-    from accelerate import Accelerator
 
     config.validate()
     out = Path(out_dir)
@@ -543,8 +574,8 @@ def train_generator(
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise DataError("the generator's training set is empty")
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+    accelerator = make_accelerator(
+        config.mixed_precision,
         cpu=cpu or not torch.cuda.is_available(),
     )
     device = accelerator.device
@@ -556,13 +587,16 @@ def train_generator(
             f"(diffusion.batch_size × grad_accumulation × {processes} processes)"
         )
     unet, vae = components.unet, components.vae
-    components.to(device)
-    conditioner.to(device)
     vae.requires_grad_(False).eval()
     conditioner.text_encoder.requires_grad_(False).eval()
     conditioner.context.requires_grad_(True)
     settings = training_settings(config)
     _prepare_unet(unet, settings)
+    frozen = frozen_dtype(accelerator.mixed_precision, config.unet_mode)
+    if frozen is not None:
+        hold_frozen(components, frozen)  # before the move: the device never holds fp32 copies
+    components.to(device)
+    conditioner.to(device)
     unet_params = [p for p in unet.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [
         {"params": [conditioner.context], "lr": config.lr_context, "weight_decay": 0.0}

@@ -205,8 +205,11 @@ def _dataset(cfg: Config, run_dir: Path, data: TrainingData, progress: bool, tok
     return dataset, rows
 
 
-def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> Any:
-    """The tiny generator with its VAE trained on the real images (once; saved to ``base/``)."""
+def _tiny_base(
+    cfg: Config, out: Path, dataset: Any, progress: bool = False, dtype: torch.dtype | None = None
+) -> Any:
+    """The tiny generator with its VAE trained on the real images (once; saved to ``base/``),
+    loaded in ``dtype`` (default: fp32)."""
     from torch.utils.data import DataLoader
 
     from trcgl.diffusion.families import generator_family
@@ -216,7 +219,7 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
     family = generator_family(d.generator)
     base = out / "base"
     if (out / "vae.json").is_file() and (base / "model_index.json").is_file():
-        return family.from_pretrained(str(base))
+        return family.from_pretrained(str(base), torch_dtype=dtype)
     components = family.from_pretrained(None, {"image_size": d.image_size, "seed": d.seed})
     components.vae.to(_device())
     loader = DataLoader(
@@ -240,7 +243,7 @@ def _tiny_base(cfg: Config, out: Path, dataset: Any, progress: bool = False) -> 
         "seconds": round(time.time() - started, 2),
     }
     atomic_write_text(out / "vae.json", json.dumps(summary, indent=2) + "\n")
-    return family.from_pretrained(str(base))
+    return family.from_pretrained(str(base), torch_dtype=dtype)
 
 
 def _source(cfg: Config) -> str | None:
@@ -277,7 +280,7 @@ def train_stage(
     from trcgl.diffusion.families import generator_family
     from trcgl.diffusion.generator_folder import save_generator_folder
     from trcgl.diffusion.text import load_tokenizer
-    from trcgl.diffusion.train import train_generator
+    from trcgl.diffusion.train import frozen_dtype, train_generator
 
     run_dir = Path(run_dir)
     out = run_dir / DIFFUSION_DIR
@@ -303,13 +306,16 @@ def train_stage(
         return _record(run_dir, "train") or {}
     source = _source(cfg)
     tokenizer = load_tokenizer(source) if source is not None else load_tokenizer(None)
+    # Under mixed precision LoRA and frozen runs hold the frozen weights in its dtype
+    # (:func:`~trcgl.diffusion.train.hold_frozen`): loaded in it.
+    held = frozen_dtype(resolve_mixed_precision(d.mixed_precision), d.unet_mode)
     with state.main_process_first():  # the cache and the tiny VAE: built once, then read
         dataset, rows = _dataset(cfg, run_dir, data, progress and main, tokenizer)
         out.mkdir(parents=True, exist_ok=True)
         if source:
-            components = generator_family(d.generator).from_pretrained(source)
+            components = generator_family(d.generator).from_pretrained(source, torch_dtype=held)
         else:
-            components = _tiny_base(cfg, out, dataset, progress and main)
+            components = _tiny_base(cfg, out, dataset, progress and main, held)
     conditioner = PromptConditioner(
         components.text_encoder, components.tokenizer, num_context=d.num_context
     )
@@ -384,10 +390,11 @@ def sample_precision(setting: str, device: torch.device) -> torch.dtype:
 def _cast_for_sampling(components: Any, dtype: torch.dtype) -> None:
     """UNet and text encoder in ``dtype``; the VAE too, unless it asks to decode in fp32
     (``force_upcast``, as diffusers' pipelines honour) and ``dtype`` is fp16."""
+    from trcgl.diffusion.components import vae_dtype
+
     components.unet.to(dtype)
     components.text_encoder.to(dtype)
-    upcast = bool(getattr(components.vae.config, "force_upcast", False))
-    components.vae.to(torch.float32 if upcast and dtype == torch.float16 else dtype)
+    components.vae.to(vae_dtype(components.vae, dtype))
 
 
 def sample_stage(
@@ -495,31 +502,45 @@ def sample_stage(
 
 
 # -- filter ---------------------------------------------------------------------------------------
-def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> tuple[Path, RunDir]:
-    """The filter's model folder, and the folder it was evaluated in on the validation split
-    (trained here on real images unless ``diffusion.filter_model`` names one)."""
-    from trcgl.stages.evaluate import evaluate_run
+def _filter_classifier(cfg: Config, run_dir: Path, progress: bool) -> Path:
+    """The filter's model folder: ``diffusion.filter_model``, or one trained here on the real
+    images (``filter_classifier/model``).
+
+    It is trained as ``trcgl train`` trains (:class:`~trcgl.training.trainer.Trainer`): under
+    ``accelerate launch`` / ``torchrun`` on every process, data-parallel, each process its
+    shard of every epoch (``train.batch_size`` per process), the main process writing the
+    folder. That is the natural shape: it is the classifier's own trainer, at the classifier's
+    size and cost, so it scales as the classifier does; N processes train with N times the
+    batch of one (as ``trcgl train`` does), so the folder is not that of one process."""
     from trcgl.stages.train import train
 
-    out = run_dir / FILTER_DIR
     given = cfg.diffusion.filter_model
     if given is not None:
         model_dir = resolve_path(given)
         assert model_dir is not None
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"diffusion.filter_model {given!r} is not a model folder")
-    else:
-        filter_cfg = copy.deepcopy(cfg)
-        if cfg.diffusion.filter_epochs is not None:
-            filter_cfg.train.epochs = cfg.diffusion.filter_epochs
-        train(filter_cfg, run_dir, progress=progress, out_dir=out, synthetic=False)
-        model_dir = out / "model"
+        return model_dir
+    filter_cfg = copy.deepcopy(cfg)
+    if cfg.diffusion.filter_epochs is not None:
+        filter_cfg.train.epochs = cfg.diffusion.filter_epochs
+    out = run_dir / FILTER_DIR
+    train(filter_cfg, run_dir, progress=progress, out_dir=out, synthetic=False)
+    return out / "model"
+
+
+def _evaluated_filter(cfg: Config, run_dir: Path, model_dir: Path) -> RunDir:
+    """The folder where the filter's classifier was evaluated on the validation split (its
+    tuned thresholds), evaluating it there first if needed; one process."""
+    from trcgl.stages.evaluate import evaluate_run
+
+    out = run_dir / FILTER_DIR
     filter_run = RunDir(out)
     if filter_run.tuned_thresholds("val") is None:
         evaluate_run(
             run_dir, model_dir, "val", cfg.train.batch_size, cfg.train.num_workers, out_dir=out
         )
-    return model_dir, filter_run
+    return filter_run
 
 
 def _thresholds(cfg: Config, filter_run: RunDir, classes: list[str]) -> float | dict[str, float]:
@@ -538,7 +559,15 @@ def _thresholds(cfg: Config, filter_run: RunDir, classes: list[str]) -> float | 
 def filter_stage(
     cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Keep the good synthetic images and make them manifest rows; returns the summary."""
+    """Keep the good synthetic images and make them manifest rows; returns the summary.
+
+    Under ``accelerate launch`` / ``torchrun`` the filter's classifier trains on every
+    process (:func:`_filter_classifier`); its evaluation, the decisions (probability and
+    near-copy checks), the kept images' cache, the manifest rows and Fig. 3 are the main
+    process's: they read each image once and take minutes where the sampling took hours.
+    The others wait for the record."""
+    from accelerate import PartialState
+
     from trcgl.diffusion.filter import (
         ReferenceFeatures,
         features,
@@ -554,20 +583,30 @@ def filter_stage(
     out = run_dir / SYNTHETIC_DIR
     if not force and stage_done(run_dir, "filter"):
         return _record(run_dir, "filter") or {}
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
     started = time.time()
     d = cfg.diffusion
     data = RunDir(run_dir).training_data()
     text = {c: str for c in ("image_id", "source_image_id", "view", "prompt")}
     plan = pd.read_csv(out / "plan.csv", dtype=text, keep_default_na=False)
-    (out / "manifest.parquet").unlink(missing_ok=True)
     if sampled.get("skipped") or plan.empty:
-        Manifest(data.manifest.frame.iloc[:0], data.manifest.classes).save(
-            run_dir / SYNTHETIC_MANIFEST
-        )
-        payload = {"planned": 0, "made": 0, "kept": 0, "rejected": {}, "per_class": {}}
-        return _write_record(run_dir, "filter", payload, started)
-
-    model_dir, filter_run = _filter_classifier(cfg, run_dir, progress)
+        if main:
+            (out / "manifest.parquet").unlink(missing_ok=True)
+            Manifest(data.manifest.frame.iloc[:0], data.manifest.classes).save(
+                run_dir / SYNTHETIC_MANIFEST
+            )
+            payload = {"planned": 0, "made": 0, "kept": 0, "rejected": {}, "per_class": {}}
+            _write_record(run_dir, "filter", payload, started)
+        state.wait_for_everyone()
+        return _record(run_dir, "filter") or {}
+    if main:
+        (out / "manifest.parquet").unlink(missing_ok=True)
+    model_dir = _filter_classifier(cfg, run_dir, progress)
+    if not main:
+        state.wait_for_everyone()
+        return _record(run_dir, "filter") or {}
+    filter_run = _evaluated_filter(cfg, run_dir, model_dir)
     model = load_model(model_dir).to(_device()).eval()
     targets = plan["target_class"].astype(str).tolist()
     thresholds = _thresholds(cfg, filter_run, sorted(set(targets)))
@@ -623,7 +662,9 @@ def filter_stage(
         "filter_model": RunDir(run_dir).store(model_dir),
         "filter_model_val": evaluated.get("summary", {}).get("overall"),
     }
-    return _write_record(run_dir, "filter", payload, started)
+    record = _write_record(run_dir, "filter", payload, started)
+    state.wait_for_everyone()
+    return record
 
 
 def synthetic_quality(

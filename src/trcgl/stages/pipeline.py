@@ -10,25 +10,56 @@ trains on real images only.
 
 The split evaluated is ``test`` when the run has one, else ``val`` (then the tuned-threshold F1
 is optimistic, and the report says so).
+
+Under ``accelerate launch`` / ``torchrun`` every process runs the pipeline, and each stage
+runs where it belongs: the stages that train or sample data-parallel run on every process
+(diffusion train, diffusion sample, the filter's classifier, the classifier); what one
+process does (prepare with its image cache, the filter's decisions and the synthetic rows, the
+classifier's start-afresh check, evaluate, report) runs on the main process while the others
+wait, and every stage ends at a barrier. Whether a stage is complete is decided by the main
+process and sent to the others, so all of them run or skip the same stages. The run directory
+must be one folder that every process (every node) sees. The waits are as long as
+:data:`WAIT` allows, since the main process alone may build a large image cache.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from trcgl.config import Config
-from trcgl.errors import ConfigError
 from trcgl.files import atomic_write_text
 from trcgl.run_dir import STAGE_RECORDS, RunDir
 
-__all__ = ["PipelineResult", "evaluated_split", "prepare_classifier", "run_pipeline"]
+__all__ = [
+    "WAIT",
+    "PipelineResult",
+    "evaluated_split",
+    "prepare_classifier",
+    "processes",
+    "run_pipeline",
+]
+
+#: How long the processes of a multi-process run wait for each other (the process group's
+#: timeout): the main process alone prepares the run, image cache included, and evaluates.
+WAIT = timedelta(hours=4)
+
+
+def processes() -> Any:
+    """accelerate's ``PartialState``: this process's index, device and the others (one process
+    without a launcher). The first call in a process sets up the process group, waiting up
+    to :data:`WAIT` at each barrier."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT)
 
 
 @dataclass
@@ -46,7 +77,10 @@ class PipelineResult:
     #: The class maps' scores against radiologist boxes (``metrics.json``'s ``localisation``).
     localisation: dict[str, Any] | None = None
     synthetic: dict[str, Any] = field(default_factory=dict)
+    #: ``report.html`` (``None`` on the processes other than the main one, which wrote it).
     report: Path | None = None
+    #: False on the other processes of a multi-process run: they report nothing.
+    main: bool = True
 
 
 def evaluated_split(run_dir: Path) -> str:
@@ -87,7 +121,10 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
-    """Run (or finish) every stage for ``cfg`` in ``run_dir``; ``log`` gets one line per stage."""
+    """Run (or finish) every stage for ``cfg`` in ``run_dir``; ``log`` gets one line per stage
+    (from the main process only, when there are several)."""
+    from accelerate.utils import broadcast_object_list
+
     from trcgl.stages import diffusion
     from trcgl.stages.evaluate import evaluate_run
     from trcgl.stages.prepare import is_complete
@@ -95,61 +132,83 @@ def run_pipeline(
     from trcgl.stages.report import write_report
     from trcgl.stages.train import train
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "trcgl run runs in one process. On several GPUs: run `trcgl diffusion train`, "
-            "`sample` and `filter` (one process), then `accelerate launch -m trcgl.cli train "
-            "...`, then `trcgl evaluate` and `trcgl report`"
-        )
+    state = processes()
+    main = state.is_main_process
     run_dir = Path(run_dir)
     if cfg.diffusion.enabled:
         diffusion.check_settings(cfg)  # before prepare: nothing is done for a typo
-    result = PipelineResult(run_dir, "val")
+    result = PipelineResult(run_dir, "val", main=main)
 
-    def step(name: str, done: bool, action: Callable[[], Any]) -> Any:
-        if done:
+    def agreed(decide: Callable[[], bool]) -> bool:
+        """``decide()`` on the main process, its answer on every process."""
+        answer = [decide() if main else None]
+        if state.num_processes > 1:
+            broadcast_object_list(answer)
+        return bool(answer[0])
+
+    def step(name: str, done: Callable[[], bool], action: Callable[[], Any], *, every: bool):
+        """Run ``action`` unless ``done``: on every process (``every``) or on the main one."""
+        if agreed(done):
             result.skipped.append(name)
-            log(f"{name}: complete, skipped")
+            if main:
+                log(f"{name}: complete, skipped")
             return None
-        log(f"{name} ...")
+        if main:
+            log(f"{name} ...")
         started = time.time()
-        out = action()
+        out = action() if every or main else None
+        state.wait_for_everyone()
         result.seconds[name] = round(time.time() - started, 1)
         result.ran.append(name)
-        log(f"{name}: done in {result.seconds[name]:.1f} s")
+        if main:
+            log(f"{name}: done in {result.seconds[name]:.1f} s")
         return out
 
-    prepared = is_complete(run_dir, cfg)
-    step("prepare", prepared, lambda: run_prepare(cfg, run_dir, progress=progress))
+    step(
+        "prepare",
+        lambda: is_complete(run_dir, cfg),
+        lambda: run_prepare(cfg, run_dir, progress=progress),
+        every=False,
+    )
     result.split = evaluated_split(run_dir)
     use_synthetic = cfg.diffusion.enabled
     if use_synthetic:
         for key, fn in diffusion.STAGES:
             step(
                 f"diffusion {key}",
-                diffusion.stage_done(run_dir, key),
+                lambda key=key: diffusion.stage_done(run_dir, key),
                 lambda fn=fn: fn(cfg, run_dir, progress=progress),
+                every=True,
             )
         result.synthetic = RunDir(run_dir).record("diffusion filter") or {}
     else:
         result.skipped += [f"diffusion {key}" for key, _ in diffusion.STAGES]
-        log("diffusion: disabled (diffusion.enabled=false), real images only")
-    trained = prepare_classifier(run_dir, result.synthetic.get("id"))
-    step("train", trained, lambda: train(cfg, run_dir, progress=progress, synthetic=use_synthetic))
+        if main:
+            log("diffusion: disabled (diffusion.enabled=false), real images only")
+    synthetic_id = result.synthetic.get("id")
+    step(
+        "train",
+        lambda: prepare_classifier(run_dir, synthetic_id),
+        lambda: train(cfg, run_dir, progress=progress, synthetic=use_synthetic),
+        every=True,
+    )
     step(
         "evaluate",
-        RunDir(run_dir).is_complete(f"evaluate {result.split}"),
+        lambda: RunDir(run_dir).is_complete(f"evaluate {result.split}"),
         lambda: evaluate_run(
             run_dir,
             split=result.split,
             batch_size=cfg.train.batch_size,
             num_workers=cfg.train.num_workers,
         ),
+        every=False,
     )
     evaluated = RunDir(run_dir).record(f"evaluate {result.split}")
     assert evaluated is not None  # written by evaluate_run above, or complete
     result.metrics = evaluated["summary"]
     result.intervals = evaluated.get("intervals") or {}
     result.localisation = evaluated.get("localisation")
-    result.report = step("report", False, lambda: write_report(run_dir, result.split))
+    result.report = step(
+        "report", lambda: False, lambda: write_report(run_dir, result.split), every=False
+    )
     return result

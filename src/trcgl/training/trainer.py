@@ -50,7 +50,7 @@ from trcgl.progress import progress_bar, runtime_line, say
 from trcgl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trcgl.training.data import TrainingData
 from trcgl.training.optimizers import build_optimizer
-from trcgl.training.precision import resolve_mixed_precision
+from trcgl.training.precision import make_accelerator
 from trcgl.training.schedule import cosine_with_warmup
 from trcgl.training.trackers import build_trackers, finish_trackers, start_trackers
 
@@ -118,8 +118,8 @@ class Trainer:
         self.progress = progress
         self.synthetic = bool(data.is_synthetic("train").any())
         t = config.train
-        self.accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(t.mixed_precision),
+        self.accelerator = make_accelerator(
+            t.mixed_precision,
             cpu=not torch.cuda.is_available(),
             log_with=build_trackers(t.log_with, self.out_dir, config.name, self.out_dir.name),
         )
