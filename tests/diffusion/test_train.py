@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import Transformer2DModel
 from torch.utils.data import DataLoader
 
 import trcgl.diffusion.train as train_module
@@ -29,6 +30,7 @@ from trcgl.diffusion.prompts import prompts_for_manifest
 from trcgl.diffusion.train import (
     PromptImageDataset,
     apply_trained,
+    checkpoint_unet,
     diffusion_loss,
     train_generator,
 )
@@ -359,15 +361,22 @@ def test_accumulated_micro_batches_take_the_whole_batch_step(manifest, nih_sampl
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(manifest, nih_sample):
-    """diffusers' checkpointing recomputes the UNet's activations: the gradients of Eq. 3 with
-    respect to C and the UNet's weights equal the plain ones (frozen: only C's)."""
-    results = []
+    """Checkpointing recomputes the UNet's activations, each transformer as a whole (its
+    GroupNorm too, which diffusers' own checkpointing runs once): the gradients of Eq. 3 with
+    respect to C and the UNet's weights equal the plain ones; switched off, nothing is
+    recomputed."""
+    results, norms = [], []
     for checkpointing in (False, True):
         components, conditioner, dataset = make(manifest, nih_sample, rows=4)
         unet = components.unet
         unet.requires_grad_(True).train()
         if checkpointing:
-            unet.enable_gradient_checkpointing()
+            checkpoint_unet(unet, True)
+        transformers = [m for m in unet.modules() if isinstance(m, Transformer2DModel)]
+        assert transformers
+        calls = [0]
+        for model in transformers:
+            model.norm.register_forward_hook(lambda *_, c=calls: c.__setitem__(0, c[0] + 1))
         images = torch.stack([dataset[i][0] for i in range(4)])
         prompts = [dataset[i][1] for i in range(4)]
         g = torch.Generator().manual_seed(0)
@@ -376,9 +385,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(manifest, nih_sample):
         noise = torch.randn(latents.shape, generator=g)
         loss = diffusion_loss(components, latents, conditioner.encode(prompts), t, noise)
         loss.backward()
+        norms.append(calls[0] / len(transformers))
         grads = {"context": conditioner.context.grad.clone()}
         grads.update({k: p.grad.clone() for k, p in unet.named_parameters() if p.grad is not None})
         results.append(grads)
+        if checkpointing:
+            checkpoint_unet(unet, False)
+            assert not unet.is_gradient_checkpointing
+            assert not any("forward" in vars(m) for m in transformers)
+    assert norms == [1, 2]  # each transformer's GroupNorm recomputed in the backward pass
     plain, checkpointed = results
     assert plain.keys() == checkpointed.keys() and len(plain) > 10
     for key in plain:
