@@ -408,7 +408,8 @@ class DiffusionConfig:
     #: Checkpoints kept (the newest; a full-mode SD 1.5 checkpoint with its optimiser is 10 GB).
     keep_checkpoints: int = 2
     #: Recompute the UNet's activations in the backward pass (diffusers'
-    #: ``enable_gradient_checkpointing``): the same gradients in less memory, ~30 % slower.
+    #: ``enable_gradient_checkpointing``, each transformer recomputed as a whole:
+    #: :func:`trcgl.diffusion.train.checkpoint_unet`): the same gradients in less memory.
     gradient_checkpointing: bool = False
     #: Micro-batches of ``batch_size`` summed into one optimiser step (the same step as one
     #: batch of ``batch_size × grad_accumulation``, in less memory).
