@@ -170,15 +170,15 @@ def generator_run(base: Path, settings: dict, size: int, batch: int, work: Path)
 
 
 def sample_run(base: Path, size: int, batch: int) -> dict:
-    from trcgl.diffusion.components import load_components
+    from trcgl.diffusion.components import cast_components, load_components
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.sample import sample_images
-    from trcgl.stages.diffusion import _cast_for_sampling, sample_precision
+    from trcgl.stages.diffusion import sample_precision
 
     components = load_components(base)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = sample_precision("auto", device)
-    _cast_for_sampling(components, dtype)
+    cast_components(components, dtype)
     components.to(device)
     conditioner = PromptConditioner(components.text_encoder, components.tokenizer, num_context=8)
     conditioner.to(device)

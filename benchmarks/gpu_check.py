@@ -118,14 +118,13 @@ def generator(base: Path, ckpt: bool, a: argparse.Namespace, device: torch.devic
 
 
 def sampling(base: Path, kind: str, a: argparse.Namespace, device: torch.device) -> dict:
-    from trcgl.diffusion.components import load_components
+    from trcgl.diffusion.components import cast_components, load_components
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.sample import build_scheduler, sample_images
-    from trcgl.stages.diffusion import _cast_for_sampling
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     components = load_components(base)
-    _cast_for_sampling(components, dtype)
+    cast_components(components, dtype)
     components.to(device)
     prompts = ["chest x-ray, PA view: pleural effusion"] * a.sample_batch
     _reset(device)

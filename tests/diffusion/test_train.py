@@ -516,3 +516,23 @@ def test_attention_runs_through_pytorch_sdpa():
     components = load_components(None, {"image_size": SIZE})
     for model in (components.unet, components.vae):
         assert {type(p) for p in model.attn_processors.values()} == {AttnProcessor2_0}
+
+
+def test_casting_the_generator_is_silent_and_leaves_what_is_cast(capfd):
+    """diffusers' ``ModelMixin.to`` warns on every dtype cast, listing fp32 modules even when
+    there are none; trcgl's casts (loading in a dtype, holding frozen weights, sampling) make
+    the same cast without it, and leave a model already in the dtype as it is."""
+    from trcgl.diffusion.components import cast_components
+
+    components = load_components(None, {"image_size": SIZE})
+    capfd.readouterr()
+    cast_components(components, torch.bfloat16)
+    models = (components.unet, components.text_encoder, components.vae)
+    for model in models:
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    pointers = [p.data_ptr() for m in models for p in m.parameters()]
+    cast_components(components, torch.bfloat16)  # nothing to do
+    assert pointers == [p.data_ptr() for m in models for p in m.parameters()]
+    load_components(None, {"image_size": SIZE}, torch_dtype=torch.float16)
+    captured = capfd.readouterr()
+    assert "float32" not in captured.err + captured.out

@@ -69,6 +69,8 @@ __all__ = [
     "TINY_GENERATOR_CONFIG",
     "Components",
     "add_lora",
+    "cast_components",
+    "cast_to",
     "decode_latents",
     "encode_latents",
     "has_lora",
@@ -290,6 +292,31 @@ def vae_dtype(vae: AutoencoderKL, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if upcast and dtype == torch.float16 else dtype
 
 
+def cast_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast ``model``'s floating-point weights and buffers to ``dtype``; nothing to do where
+    they are in it already.
+
+    diffusers' ``ModelMixin.to`` warns on every dtype cast that modules should be kept in fp32,
+    listing them even when there are none (an empty list): a model that does keep some in fp32
+    (or is quantized) still goes through it, the others through ``torch.nn.Module.to``, the
+    same cast without the empty warning."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
+        return
+    if getattr(model, "_keep_in_fp32_modules", None) or getattr(model, "is_quantized", False):
+        model.to(dtype)
+    else:
+        torch.nn.Module.to(model, dtype)
+
+
+def cast_components(components: Components, dtype: torch.dtype) -> None:
+    """UNet and text encoder in ``dtype``; the VAE too, unless it asks for fp32
+    (:func:`vae_dtype`)."""
+    cast_to(components.unet, dtype)
+    cast_to(components.text_encoder, dtype)
+    cast_to(components.vae, vae_dtype(components.vae, dtype))
+
+
 # -- LoRA -----------------------------------------------------------------------------------------
 def has_lora(unet: torch.nn.Module) -> bool:
     """Whether PEFT adapters are attached to ``unet``."""
@@ -465,9 +492,7 @@ def load_components(
             )
         components = _tiny_components(tiny)
         if torch_dtype is not None:
-            components.unet.to(torch_dtype)
-            components.text_encoder.to(torch_dtype)
-            components.vae.to(vae_dtype(components.vae, torch_dtype))
+            cast_components(components, torch_dtype)
         return components
     if tiny is not None:
         raise ConfigError("load_components: give either a source or a tiny configuration")
@@ -486,7 +511,7 @@ def load_components(
     unet = _load_part(UNet2DConditionModel, source, "unet", **kwargs)
     vae = _load_part(AutoencoderKL, source, "vae")
     if torch_dtype is not None:
-        vae.to(vae_dtype(vae, torch_dtype))
+        cast_to(vae, vae_dtype(vae, torch_dtype))
     stored = _load_part(DDPMScheduler, source, "scheduler")
     scheduler = DDPMScheduler.from_config(stored.config)
     try:
@@ -495,7 +520,7 @@ def load_components(
     except ConfigError as exc:
         raise ConfigError(f"{exc} " + _HOW_TO_GET.format(source=source)) from exc
     if torch_dtype is not None:
-        text_encoder.to(torch_dtype)
+        cast_to(text_encoder, torch_dtype)
     if folder.is_dir() and (folder / LORA_FOLDER).is_dir():
         load_lora(unet, folder / LORA_FOLDER)
     hidden = int(text_encoder.config.hidden_size)

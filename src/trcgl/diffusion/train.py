@@ -70,7 +70,7 @@ from trcgl.config import DiffusionConfig
 from trcgl.data.cache import cached_relpath, resize_square
 from trcgl.data.images import read_image
 from trcgl.data.manifest import Manifest
-from trcgl.diffusion.components import Components, add_lora, has_lora, vae_dtype
+from trcgl.diffusion.components import Components, add_lora, cast_to, has_lora, vae_dtype
 from trcgl.diffusion.conditioning import PromptConditioner
 from trcgl.errors import ConfigError, DataError, TrcglError
 from trcgl.files import atomic_write_text
@@ -455,8 +455,8 @@ def hold_frozen(components: Components, dtype: torch.dtype) -> None:
     norms' scales, which autocast keeps in fp32) and half of their memory."""
     for p in components.unet.parameters():
         p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
-    components.text_encoder.to(dtype)
-    components.vae.to(vae_dtype(components.vae, dtype))
+    cast_to(components.text_encoder, dtype)
+    cast_to(components.vae, vae_dtype(components.vae, dtype))
 
 
 def _checkpointed(forward: Any, *args: Any, **kwargs: Any) -> Any:

@@ -387,16 +387,6 @@ def sample_precision(setting: str, device: torch.device) -> torch.dtype:
     )
 
 
-def _cast_for_sampling(components: Any, dtype: torch.dtype) -> None:
-    """UNet and text encoder in ``dtype``; the VAE too, unless it asks to decode in fp32
-    (``force_upcast``, as diffusers' pipelines honour) and ``dtype`` is fp16."""
-    from trcgl.diffusion.components import vae_dtype
-
-    components.unet.to(dtype)
-    components.text_encoder.to(dtype)
-    components.vae.to(vae_dtype(components.vae, dtype))
-
-
 def sample_stage(
     cfg: Config, run_dir: str | Path, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -408,6 +398,7 @@ def sample_stage(
     files. The main process writes the plan first and the record last."""
     from accelerate import PartialState
 
+    from trcgl.diffusion.components import cast_components
     from trcgl.diffusion.sample import sample_images, save_pngs
 
     run_dir = Path(run_dir)
@@ -437,7 +428,7 @@ def sample_stage(
     state.wait_for_everyone()
     device = state.device
     dtype = sample_precision(d.sample_precision, device)
-    _cast_for_sampling(components, dtype)
+    cast_components(components, dtype)
     components.to(device)
     conditioner.to(device)
     images_dir = out / "images"
