@@ -138,6 +138,18 @@ def _run_dir(cfg, run_dir: Path | None) -> Path:
     return run_dir or Path("runs") / cfg.name
 
 
+def _prepared(cfg, out: Path):
+    """accelerate's process state, after the run at ``out`` is prepared: by the main process
+    first, so that the others then find it prepared."""
+    from trcgl.stages.pipeline import processes
+    from trcgl.stages.prepare import prepare as run_prepare
+
+    state = processes()
+    with state.main_process_first():
+        run_prepare(cfg, out, progress=state.is_main_process)
+    return state
+
+
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
     from trcgl.evaluation.tables import fixed_f1_keys
 
@@ -200,16 +212,12 @@ def train(
     """Prepare (if needed) and train the configured model in two stages; resumes a killed run.
 
     Multi-GPU / multi-node: `accelerate launch -m trcgl.cli train -c ...` (see the README)."""
-    from trcgl.stages.pipeline import processes
-    from trcgl.stages.prepare import prepare as run_prepare
     from trcgl.stages.train import train as run_train
 
     try:
         cfg = load_config(config, overrides or [])
         out = _run_dir(cfg, run_dir)
-        state = processes()
-        with state.main_process_first():  # the others then find it prepared
-            run_prepare(cfg, out, progress=state.is_main_process)
+        state = _prepared(cfg, out)
         result = run_train(cfg, out)
     except TrcglError as exc:
         _fail(exc)
@@ -687,23 +695,22 @@ ForceOption = Annotated[bool, typer.Option(help="Redo the stage even if it is co
 
 def _diffusion_stage(
     name: str, config: list[str], overrides: list[str] | None, run_dir: Path | None, force: bool
-) -> tuple[dict, Path] | None:
+) -> tuple[dict, Path]:
     """Prepare the run if needed, then run one diffusion stage; errors end the command. Under
-    `accelerate launch`: the main process prepares, and only it gets the record to print."""
+    `accelerate launch`: the main process prepares, and only it returns, with the record to
+    print."""
     from trcgl.stages import diffusion as stage
-    from trcgl.stages.pipeline import processes
-    from trcgl.stages.prepare import prepare as run_prepare
 
     try:
         cfg = load_config(config, overrides or [])
         out = _run_dir(cfg, run_dir)
-        state = processes()
-        with state.main_process_first():  # the others then find it prepared
-            run_prepare(cfg, out, progress=state.is_main_process)
+        state = _prepared(cfg, out)
         record = getattr(stage, f"{name}_stage")(cfg, out, force=force)
     except TrcglError as exc:
         _fail(exc)
-    return (record, out) if state.is_main_process else None
+    if not state.is_main_process:
+        raise typer.Exit()  # only the main process prints the record
+    return record, out
 
 
 @diffusion_app.command("train")
@@ -714,10 +721,7 @@ def diffusion_train(
     force: ForceOption = False,
 ) -> None:
     """Train the generator (Eq. 3) on the run's real tail images; resumes a killed run."""
-    done = _diffusion_stage("train", config, overrides, run_dir, force)
-    if done is None:
-        return
-    record, out = done
+    record, out = _diffusion_stage("train", config, overrides, run_dir, force)
     if record.get("skipped"):
         console.print(f"[yellow]nothing to train:[/] {record['skipped']}")
         return
@@ -736,10 +740,7 @@ def diffusion_sample(
     force: ForceOption = False,
 ) -> None:
     """Generate the tail planner's images (Eq. 4–6) with the trained generator; resumable."""
-    done = _diffusion_stage("sample", config, overrides, run_dir, force)
-    if done is None:
-        return
-    record, out = done
+    record, out = _diffusion_stage("sample", config, overrides, run_dir, force)
     per_class = record.get("per_class") or {}
     console.print(
         f"{record['made']:,} synthetic images"
@@ -757,10 +758,7 @@ def diffusion_filter(
 ) -> None:
     """Keep the synthetic images a real-data classifier recognises and that copy no training
     image; they become training rows (source=synthetic, weight=w_syn) and Fig. 3."""
-    done = _diffusion_stage("filter", config, overrides, run_dir, force)
-    if done is None:
-        return
-    record, out = done
+    record, out = _diffusion_stage("filter", config, overrides, run_dir, force)
     console.print(synthetic_table(record))
     console.print(f"Fig. 3: [bold]{out / 'synthetic' / 'samples.png'}[/]")
 

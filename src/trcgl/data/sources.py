@@ -31,10 +31,10 @@ from trcgl.data.manifest import TEXT_COLUMNS, Manifest
 from trcgl.data.vocab import FindingMapping
 from trcgl.errors import DataError
 
-__all__ = ["join_sources", "relabel", "relabel_boxes"]
+__all__ = ["class_targets", "join_sources", "relabel", "relabel_boxes"]
 
 
-def _targets(
+def class_targets(
     source_classes: Sequence[str],
     shared: Sequence[str],
     mapping: FindingMapping | None,
@@ -70,7 +70,7 @@ def _targets(
             f"relabel table names {stray[0]!r}, which is not a class of the data set "
             f"{list(source_classes)}",
             path=mapping.path,
-            row=mapping.row_of(stray[0]),
+            row=mapping.rows.get(stray[0]),
             column="finding",
         )
     return targets
@@ -84,7 +84,7 @@ def relabel(
 ) -> tuple[Manifest, list[str]]:
     """``manifest`` with its class columns replaced by the ``shared`` ones (module docstring),
     and the source classes that count toward no shared class."""
-    targets = _targets(manifest.classes, shared, mapping, labels_csv)
+    targets = class_targets(manifest.classes, shared, mapping, labels_csv)
     values = manifest.label_values()
     out = np.full((len(manifest), len(shared)), np.nan, dtype=np.float32)
     for j, name in enumerate(shared):
@@ -105,7 +105,8 @@ def relabel_boxes(
     boxes: pd.DataFrame, targets_of: dict[str, tuple[str, ...]], name: str
 ) -> pd.DataFrame:
     """A source's box table in the shared vocabulary and the joined manifest's image ids: a box
-    of a source class counts for each shared class it maps to (none: dropped)."""
+    of a source class counts for each shared class it maps to (``targets_of``:
+    :func:`class_targets`; none: dropped)."""
     rows = [
         {**box, "class": target, "image_id": f"{name}:{box['image_id']}"}
         for box in boxes.to_dict("records")

@@ -268,9 +268,6 @@ class FindingMapping:
         """Target classes of a finding, ``()`` when unmapped, ``None`` when unknown."""
         return self.targets.get(finding)
 
-    def row_of(self, finding: str) -> int | None:
-        return self.rows.get(finding)
-
 
 def mapping_path(name_or_path: str | Path = DEFAULT_PADCHEST_MAPPING) -> Path:
     """Resolve a mapping table: a file path, or the name of a table shipped with trcgl."""

@@ -497,9 +497,7 @@ def prompts_for_manifest(
     if source == "report":
         reports = frame["report"].tolist() if "report" in frame else [None] * len(frame)
         sentences = [report_sentences(r, loc) for r, loc in zip(reports, locs, strict=True)]
-        texts = [
-            report_prompt(p, s) if s else t for p, s, t in zip(parts, sentences, texts, strict=True)
-        ]
+        texts = [report_prompt(p, s) for p, s in zip(parts, sentences, strict=True)]
     if tokenizer is None:
         return texts
     for i, n in enumerate(token_lengths(texts, tokenizer)):

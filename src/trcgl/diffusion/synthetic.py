@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trcgl.data.manifest import Manifest
+from trcgl.data.manifest import TEXT_COLUMNS, Manifest
 from trcgl.errors import ConfigError, DataError
 
 __all__ = ["SYNTHETIC_PATIENT_PREFIX", "append_synthetic"]
@@ -88,8 +88,8 @@ def append_synthetic(
             "weight": float(w_syn),
         }
     )
-    for column in ("localizations", "report"):  # the prompt holds what the image was made from
-        if column in frame:
+    for column in TEXT_COLUMNS:  # the prompt holds what the image was made from
+        if column != "prompt" and column in frame:
             new[column] = pd.Series([None] * len(plan), dtype=object)
     new["prompt"] = plan["prompt"].astype(str).to_numpy()
     for j, name in enumerate(classes):

@@ -83,7 +83,7 @@ from trcgl.training.checkpoint import (
     write_checkpoint,
 )
 from trcgl.training.optimizers import build_optimizer
-from trcgl.training.precision import make_accelerator
+from trcgl.training.precision import DTYPES, make_accelerator
 
 __all__ = [
     "PromptImageDataset",
@@ -440,9 +440,9 @@ def frozen_dtype(mixed_precision: str, unet_mode: str) -> torch.dtype | None:
     ``None`` (as loaded) otherwise. A ``full`` run saves its whole generator, VAE and text
     encoder included, so it keeps them as they are. ``trcgl diffusion train`` loads the base
     in it (diffusers' ``torch_dtype``)."""
-    if unet_mode == "full":
+    if unet_mode == "full" or mixed_precision == "no":
         return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    return DTYPES[mixed_precision]
 
 
 def hold_frozen(components: Components, dtype: torch.dtype) -> None:
@@ -474,10 +474,10 @@ def checkpoint_unet(unet: UNet2DConditionModel, enable: bool) -> None:
     measured on SD 1.5's UNet at 512 px, batch 2: the activations kept through the forward
     pass fall from 0.56 GB to 0.3 GB (the rest are the checkpoints' inputs and the
     down/upsampling convolutions), the same gradients (tested)."""
-    if not enable:
-        unet.disable_gradient_checkpointing()
-    else:
+    if enable:
         unet.enable_gradient_checkpointing()
+    else:
+        unet.disable_gradient_checkpointing()
     for module in unet.modules():
         if isinstance(module, Transformer2DModel):
             if enable:  # one checkpoint around the whole model: none inside it

@@ -44,6 +44,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "MetricsReport",
     "average_precision",
+    "dataset_masks",
     "evaluate",
     "f1_scores",
     "roc_auc",
@@ -504,6 +505,14 @@ def _check_report_thresholds(
             raise ValueError(f"thresholds has no value for the classes {missing}")
         thresholds = [float(thresholds[c]) for c in names]
     return _check_thresholds(thresholds, len(names))
+
+
+def dataset_masks(datasets: ArrayLike) -> dict[str, BoolArray]:
+    """Each data set's rows (``data.sources``: the manifest's ``dataset`` column), by name;
+    empty where the rows hold fewer than two data sets (nothing to report beside the whole)."""
+    names = np.asarray(datasets).astype(str)
+    found = sorted(set(names) - {""})
+    return {name: names == name for name in found} if len(found) > 1 else {}
 
 
 def evaluate(

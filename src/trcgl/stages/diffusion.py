@@ -56,8 +56,9 @@ from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_write_text, slug
 from trcgl.progress import runtime_line, say
 from trcgl.run_dir import SYNTHETIC_MANIFEST, RunDir
+from trcgl.stages.pipeline import processes
 from trcgl.training.data import TrainingData
-from trcgl.training.precision import resolve_mixed_precision
+from trcgl.training.precision import DTYPES, resolve_mixed_precision
 
 __all__ = [
     "STAGES",
@@ -274,8 +275,6 @@ def train_stage(
     (:func:`~trcgl.diffusion.train.train_generator`); the main process builds the image cache
     and the tiny generator's VAE first, then saves the generator and writes the record."""
     check_settings(cfg)
-    from accelerate import PartialState
-
     from trcgl.diffusion.conditioning import PromptConditioner
     from trcgl.diffusion.families import generator_family
     from trcgl.diffusion.generator_folder import save_generator_folder
@@ -284,7 +283,7 @@ def train_stage(
 
     run_dir = Path(run_dir)
     out = run_dir / DIFFUSION_DIR
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = processes()
     main = state.is_main_process
     if force:
         if main:
@@ -382,9 +381,7 @@ def sample_precision(setting: str, device: torch.device) -> torch.dtype:
     another GPU, fp32 on the CPU (:func:`~trcgl.training.precision.resolve_mixed_precision`)."""
     if setting == "auto":
         setting = resolve_mixed_precision("auto") if device.type == "cuda" else "no"
-    return {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16}.get(
-        setting, torch.bfloat16
-    )
+    return DTYPES[setting]
 
 
 def sample_stage(
@@ -396,8 +393,6 @@ def sample_stage(
     images are shared out across the processes (chunk k on process k mod N), each on its own
     device: every chunk's images depend only on its seed, so 1 or N processes write the same
     files. The main process writes the plan first and the record last."""
-    from accelerate import PartialState
-
     from trcgl.diffusion.components import cast_components
     from trcgl.diffusion.sample import sample_images, save_pngs
 
@@ -406,7 +401,7 @@ def sample_stage(
     out = run_dir / SYNTHETIC_DIR
     if not force and stage_done(run_dir, "sample"):
         return _record(run_dir, "sample") or {}
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = processes()
     main = state.is_main_process
     started = time.time()
     d = cfg.diffusion
@@ -557,8 +552,6 @@ def filter_stage(
     near-copy checks), the kept images' cache, the manifest rows and Fig. 3 are the main
     process's: they read each image once and take minutes where the sampling took hours.
     The others wait for the record."""
-    from accelerate import PartialState
-
     from trcgl.diffusion.filter import (
         ReferenceFeatures,
         features,
@@ -574,7 +567,7 @@ def filter_stage(
     out = run_dir / SYNTHETIC_DIR
     if not force and stage_done(run_dir, "filter"):
         return _record(run_dir, "filter") or {}
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = processes()
     main = state.is_main_process
     started = time.time()
     d = cfg.diffusion

@@ -33,7 +33,7 @@ from trcgl.evaluation.calibration import (
 )
 from trcgl.evaluation.inference import predict_dataset
 from trcgl.evaluation.localisation import localisation_scores, localise, map_method
-from trcgl.evaluation.metrics import MetricsReport, evaluate, tune_thresholds
+from trcgl.evaluation.metrics import MetricsReport, dataset_masks, evaluate, tune_thresholds
 from trcgl.evaluation.tables import interval_rows, markdown, table1_row, table2_row
 from trcgl.files import atomic_write_text
 from trcgl.models.base import load_model, save_decisions, save_evaluation
@@ -323,12 +323,8 @@ def per_dataset(
     """Where the split holds images of several data sets (``data.sources``): each data set's
     images, patients and metrics (the thresholds tuned on the whole validation split);
     empty for one data set."""
-    names = sorted(set(rows["dataset"].astype(str)) - {""})
-    if len(names) < 2:
-        return {}
     out = {}
-    for name in names:
-        mine = (rows["dataset"] == name).to_numpy()
+    for name, mine in dataset_masks(rows["dataset"]).items():
         report = evaluate(
             labels[mine],
             probs[mine],

@@ -42,7 +42,7 @@ from trcgl.data.readers import (
     installed_label_csv,
     read_exclusion_list,
 )
-from trcgl.data.sources import join_sources, relabel, relabel_boxes
+from trcgl.data.sources import class_targets, join_sources, relabel, relabel_boxes
 from trcgl.data.split import split_patients
 from trcgl.data.vocab import load_mapping, vocabulary
 from trcgl.errors import ConfigError, DataError
@@ -276,6 +276,15 @@ def compute(config: Config, result: ReadResult) -> Prepared:
     return prepared
 
 
+def _split_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Images and patients in each split."""
+    splits = frame["split"]
+    return {
+        "images": {s: int((splits == s).sum()) for s in SPLITS},
+        "patients": {s: int(frame.loc[splits == s, "patient_id"].nunique()) for s in SPLITS},
+    }
+
+
 def summarize(config: Config, manifest: Manifest) -> Prepared:
     """Count, group and build the graph of a split manifest (no files written)."""
     train = manifest.subset(split="train")
@@ -299,10 +308,7 @@ def summarize(config: Config, manifest: Manifest) -> Prepared:
         "trcgl_version": __version__,
         "config_digest": _config_digest(config),
         "classes": list(manifest.classes),
-        "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
-        "patients": {
-            s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS
-        },
+        **_split_counts(frame),
         "images_without_class": int((manifest.labels().sum(axis=1) == 0).sum()),
         "unknown_labels": int((~manifest.known()).sum()),
         "groups": {
@@ -414,15 +420,18 @@ def _prepare_sources(
     the shared vocabulary and split on its own, then joined (:mod:`trcgl.data.sources`)."""
     shared = shared_classes(config)
     sources = config.data.source_configs()
+    if len({source.data.image_root is None for source in sources}) > 1:
+        raise ConfigError("data.sources: give every source an image_root, or none of them")
     read = []  # every label file read and relabelled before any image is touched
     for source in sources:
         result = read_dataset(source.data, source.name)
         mapping = None if source.relabel is None else load_mapping(source.relabel, shared)
         manifest, unmapped = relabel(result.manifest, shared, mapping, result.source)
-        read.append((result.manifest, replace(result, manifest=manifest), mapping, unmapped))
+        targets = class_targets(result.manifest.classes, shared, mapping, result.source)
+        read.append((result.manifest, replace(result, manifest=manifest), targets, unmapped))
     parts, skipped, box_tables, datasets = [], [], [], {}
     caches = []
-    for source, (own, result, mapping, unmapped) in zip(sources, read, strict=True):
+    for source, (own, result, targets, unmapped) in zip(sources, read, strict=True):
         name, data = source.name, source.data
         part = _cache_images(config, data, result, cache_base / name, run_dir, progress)
         result = part.result
@@ -431,7 +440,6 @@ def _prepare_sources(
         skipped += [(f"{name}/{img}", reason) for img, reason in part.skipped]
         boxes = read_boxes(data, split_in_own_classes(own, split))
         if boxes is not None:
-            targets = {c: (c,) if mapping is None else mapping.targets[c] for c in boxes["class"]}
             box_tables.append(relabel_boxes(boxes, targets, name))
         if part.cache is not None:
             caches.append(part.cache)
@@ -441,18 +449,13 @@ def _prepare_sources(
             "labels_csv": str(Path(result.source).absolute()),
             "relabel": source.relabel,
             "image_root": part.image_root,
-            "images": {s: int((frame["split"] == s).sum()) for s in SPLITS},
-            "patients": {
-                s: int(frame.loc[frame["split"] == s, "patient_id"].nunique()) for s in SPLITS
-            },
+            **_split_counts(frame),
             "classes_left_out": unmapped,
             "classes_not_labelled": [
-                c for j, c in enumerate(shared) if not split.known()[:, j].any()
+                c for c, known in zip(shared, split.known().any(axis=0), strict=True) if not known
             ],
             "dropped": dict(result.dropped),
         }
-    if caches and len(caches) != len(parts):
-        raise ConfigError("data.sources: give every source an image_root, or none of them")
     prepared = summarize(config, join_sources(parts))
     prepared.info.update(
         {

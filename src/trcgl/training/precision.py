@@ -9,6 +9,14 @@ import torch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+#: The dtype of each precision setting (``no`` / ``fp32``: full precision).
+DTYPES: dict[str, torch.dtype] = {
+    "no": torch.float32,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
 
 def resolve_mixed_precision(setting: str) -> str:
     """``auto`` → bf16 on a GPU that supports it, fp16 on another GPU, ``no`` on a CPU;

@@ -42,7 +42,7 @@ from trcgl.config import Config
 from trcgl.data.sampling import RepeatFactorSampler, authors_repeat_factors, repeat_factors
 from trcgl.data.transforms import reseed_transforms, worker_init_fn
 from trcgl.errors import TrcglError
-from trcgl.evaluation.metrics import MetricsReport, evaluate
+from trcgl.evaluation.metrics import MetricsReport, dataset_masks, evaluate
 from trcgl.files import atomic_write_text
 from trcgl.models.build import build_model
 from trcgl.models.losses import build_loss
@@ -285,13 +285,9 @@ class Trainer:
         probs, labels = predict_probabilities(model, self.val_loader, self.accelerator)
         classes = self.data.manifest.classes
         report = evaluate(labels, probs, classes, self.data.groups)
-        datasets = self.val_set.manifest["dataset"].astype(str).to_numpy()
-        names = sorted(set(datasets) - {""})
         by_dataset = {
-            name: evaluate(labels[datasets == name], probs[datasets == name], classes).summary[
-                "overall"
-            ]["mAP"]
-            for name in (names if len(names) > 1 else [])
+            name: evaluate(labels[mine], probs[mine], classes).summary["overall"]["mAP"]
+            for name, mine in dataset_masks(self.val_set.manifest["dataset"]).items()
         }
         return report, by_dataset
 
