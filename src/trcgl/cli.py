@@ -141,8 +141,8 @@ def _run_dir(cfg, run_dir: Path | None) -> Path:
 def _prepared(cfg, out: Path):
     """accelerate's process state, after the run at ``out`` is prepared: by the main process
     first, so that the others then find it prepared."""
-    from trcgl.stages.pipeline import processes
     from trcgl.stages.prepare import prepare as run_prepare
+    from trcgl.training.processes import processes
 
     state = processes()
     with state.main_process_first():

@@ -56,9 +56,9 @@ from trcgl.errors import ConfigError, DataError
 from trcgl.files import atomic_write_text, slug
 from trcgl.progress import runtime_line, say
 from trcgl.run_dir import SYNTHETIC_MANIFEST, RunDir
-from trcgl.stages.pipeline import processes
 from trcgl.training.data import TrainingData
 from trcgl.training.precision import DTYPES, resolve_mixed_precision
+from trcgl.training.processes import processes
 
 __all__ = [
     "STAGES",

@@ -19,7 +19,8 @@ classifier's start-afresh check, evaluate, report) runs on the main process whil
 wait, and every stage ends at a barrier. Whether a stage is complete is decided by the main
 process and sent to the others, so all of them run or skip the same stages. The run directory
 must be one folder that every process (every node) sees. The waits are as long as
-:data:`WAIT` allows, since the main process alone may build a large image cache.
+:data:`~trcgl.training.processes.WAIT` allows, since the main process alone may build a
+large image cache.
 """
 
 from __future__ import annotations
@@ -29,37 +30,20 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from trcgl.config import Config
 from trcgl.files import atomic_write_text
 from trcgl.run_dir import STAGE_RECORDS, RunDir
+from trcgl.training.processes import processes
 
 __all__ = [
-    "WAIT",
     "PipelineResult",
     "evaluated_split",
     "prepare_classifier",
-    "processes",
     "run_pipeline",
 ]
-
-#: How long the processes of a multi-process run wait for each other (the process group's
-#: timeout): the main process alone prepares the run, image cache included, and evaluates.
-WAIT = timedelta(hours=4)
-
-
-def processes() -> Any:
-    """accelerate's ``PartialState``: this process's index, device and the others (one process
-    without a launcher). The first call in a process sets up the process group, waiting up
-    to :data:`WAIT` at each barrier."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT)
 
 
 @dataclass
