@@ -53,6 +53,7 @@ def test_overrides_are_typed():
         ("data.skip_corrupt=maybe", "data.skip_corrupt: expected true or false"),
         ("groups.tail=0.9", "groups.head and groups.tail"),
         ("split", "not of the form key=value"),
+        ("data.mapping=my.csv", "data.mapping is set, but data.format 'nih' reads classes"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -79,9 +79,9 @@ class DataConfig:
     vocabulary: str | None = None
     classes: list[str] | None = None
     #: Raw finding → class mapping table (a shipped table's name or a CSV path) of the formats
-    #: that relabel raw findings: PadChest's findings → CXR-LT; OpenI's MeSH terms → openi18,
-    #: where this default stands for OpenI's own table, ``openi_to_openi18_v1.csv``.
-    mapping: str = "padchest_to_cxrlt30_v1.csv"
+    #: that relabel raw findings (PadChest's findings → CXR-LT, OpenI's MeSH terms → openi18).
+    #: ``None``: the format's own table (``trcgl formats`` names it).
+    mapping: str | None = None
     #: Projections (views) to keep; ``None`` keeps all.
     projections: list[str] | None = field(
         default_factory=lambda: ["PA", "AP", "AP_horizontal", "L"]
@@ -628,6 +628,11 @@ class Config:
             raise ConfigError(f"{key}.format {d.format!r} needs {key}.classes or {key}.vocabulary")
         if fmt.installed_csv is None and d.labels_csv is None:
             raise ConfigError(f"{key}.labels_csv is required for {key}.format {d.format!r}")
+        if d.mapping is not None and fmt.mapping is None:
+            raise ConfigError(
+                f"{key}.mapping is set, but {key}.format {d.format!r} reads classes, not raw "
+                "findings to relabel (a data.sources entry maps its classes with relabel)"
+            )
         if self.split.given and not fmt.split:
             raise ConfigError(
                 f"split.given: {key}.format {d.format!r} reads no published split; "

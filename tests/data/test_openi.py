@@ -212,6 +212,8 @@ def test_prepare_with_the_preset_labels_only(tmp_path, monkeypatch):
         "report without images": 104,
         "projection not in PA/AP": 7470 - 3591 - 423,
     }
+    # data.mapping unset: OpenI's own MeSH table, recorded as such
+    assert prepared.info["mapping"] == "openi_to_openi18_v1.csv"
 
 
 # -- the de-identification masks -------------------------------------------------------------

@@ -268,7 +268,7 @@ def compute(config: Config, result: ReadResult) -> Prepared:
         {
             "labels_csv": str(Path(result.source).absolute()),
             "format": config.data.format,
-            "mapping": config.data.mapping if config.data.format == "padchest" else None,
+            "mapping": DATA_FORMATS.get(config.data.format).mapping_table(config.data),
             "dropped": dict(result.dropped),
             "unmapped_findings": dict(result.unmapped_findings.most_common()),
         }

@@ -35,6 +35,10 @@ class DataFormat:
     #: File name in ``torchxrayvision/data/`` read when ``data.labels_csv`` is not set;
     #: ``None``: ``data.labels_csv`` is required.
     installed_csv: str | None = None
+    #: The shipped raw finding → class table (:func:`trcgl.data.vocab.load_mapping`) read when
+    #: ``data.mapping`` is not set; ``None``: the format's file has classes, not raw findings,
+    #: and ``data.mapping`` must stay unset.
+    mapping: str | None = None
     #: Prompt style of the diffusion prompts (:data:`trcgl.diffusion.prompts.DATASETS`):
     #: ``padchest`` relates report localisations to labels; the others use labels and view.
     prompt_style: str = "plain"
@@ -50,3 +54,7 @@ class DataFormat:
     #: The reader fills the manifest's ``split`` with the data set's published split, which
     #: ``split.given: true`` keeps instead of trcgl's patient-level split.
     split: bool = False
+
+    def mapping_table(self, data: DataConfig) -> str | None:
+        """The mapping table a data section reads: ``data.mapping`` or the format's own."""
+        return data.mapping or self.mapping

@@ -68,7 +68,6 @@ from trcgl.data.readers.format import DataFormat
 from trcgl.data.report_text import split_sentences
 from trcgl.data.vocab import (
     DEFAULT_OPENI_MAPPING,
-    DEFAULT_PADCHEST_MAPPING,
     OPENI_CLASSES,
     FindingMapping,
     load_mapping,
@@ -320,18 +319,18 @@ def read_openi(
 
 
 def _read(path: Path, classes: tuple[str, ...], data: DataConfig) -> ReadResult:
-    # data.mapping's default names PadChest's table; for OpenI it stands for OpenI's own.
-    table = None if data.mapping == DEFAULT_PADCHEST_MAPPING else resolve_path(data.mapping)
-    return read_openi(path, classes, table)
+    return read_openi(path, classes, resolve_path(data.mapping or DEFAULT_OPENI_MAPPING))
 
 
 DATA_FORMATS.add(
     "openi",
     DataFormat(
         read=_read,
-        description="OpenI / Indiana University reports (NLMCXR_reports.tgz), MeSH → 18 classes",
+        description="OpenI / Indiana University reports (NLMCXR_reports.tgz), MeSH terms → "
+        f"18 classes by data.mapping ({DEFAULT_OPENI_MAPPING})",
         vocabulary="openi18",
         installed_csv=OPENI_REPORTS_NAME,
+        mapping=DEFAULT_OPENI_MAPPING,
         prompt_style="plain",
     ),
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trcgl.config import resolve_path
+from trcgl.config import DataConfig, resolve_path
 from trcgl.data.manifest import build_manifest
 from trcgl.data.readers.csv_checks import (
     ReadResult,
@@ -25,7 +25,7 @@ from trcgl.data.readers.csv_checks import (
     row_numbers,
 )
 from trcgl.data.readers.format import DataFormat
-from trcgl.data.vocab import CXRLT_CLASSES, FindingMapping, load_mapping
+from trcgl.data.vocab import CXRLT_CLASSES, DEFAULT_PADCHEST_MAPPING, FindingMapping, load_mapping
 from trcgl.errors import DataError
 from trcgl.registry import DATA_FORMATS
 
@@ -58,7 +58,7 @@ def read_padchest(
     """
     path = Path(path)
     if not isinstance(mapping, FindingMapping):
-        mapping = load_mapping(mapping or "padchest_to_cxrlt30_v1.csv", tuple(classes))
+        mapping = load_mapping(mapping or DEFAULT_PADCHEST_MAPPING, tuple(classes))
     df = read_csv(path)
     require_columns(df, ["ImageID", "ImageDir", "PatientID", "Projection", "Labels"], path)
     check_ids(df, "ImageID", "PatientID", path)
@@ -120,13 +120,19 @@ def read_padchest(
     return ReadResult(manifest, path, row_numbers(len(keep))[keep], dropped, unmapped)
 
 
+def _read(path: Path, classes: tuple[str, ...], data: DataConfig) -> ReadResult:
+    return read_padchest(path, resolve_path(data.mapping or DEFAULT_PADCHEST_MAPPING), classes)
+
+
 DATA_FORMATS.add(
     "padchest",
     DataFormat(
-        read=lambda path, classes, data: read_padchest(path, resolve_path(data.mapping), classes),
-        description="raw PadChest CSV, findings relabelled by data.mapping",
+        read=_read,
+        description="raw PadChest CSV, findings relabelled by data.mapping "
+        f"({DEFAULT_PADCHEST_MAPPING})",
         vocabulary="cxrlt30",
         installed_csv=PADCHEST_CSV_NAME,
+        mapping=DEFAULT_PADCHEST_MAPPING,
         prompt_style="padchest",
     ),
 )
