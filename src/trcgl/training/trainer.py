@@ -164,22 +164,22 @@ class Trainer:
         self.train_set = self.data.dataset("train", train=True, mean=mean, std=std, seed=t.seed)
         self.val_set = self.data.dataset("val", train=False, mean=mean, std=std)
         self.is_synthetic = torch.from_numpy(self.data.is_synthetic("train").copy())
-        labels = self.train_set.labels_matrix()  # positives; an unknown label is 0
-        counts = labels[~self.is_synthetic.numpy()].sum(axis=0)  # known positives per class
+        values = self.train_set.label_values()  # 1 / 0 / NaN (unknown)
+        real = ~self.is_synthetic.numpy()
+        counts = (values[real] == 1).sum(axis=0)  # known positives per class
         # DRW switches on for the last 20 % of stage 2, as at epoch 160 of 200 in Cao et al.
         options = {"drw_start_epoch": round(0.8 * t.epochs)} if t.loss == "ldam_drw" else {}
         options.update(t.loss_options)
-        real = ~self.is_synthetic.numpy()
         # N per class: the real training images whose label of the class is known (DB's prior)
-        known = np.maximum((~np.isnan(self.train_set.label_values()[real])).sum(axis=0), 1)
+        known = np.maximum((~np.isnan(values[real])).sum(axis=0), 1)
         num_samples = int(real.sum()) if (known == real.sum()).all() else known
         self.loss_fn = build_loss(t.loss, counts, num_samples, **options)
         if t.sampler == "repeat_factor":
-            self.factors = repeat_factors(self.train_set.label_values(), t.repeat_threshold)
+            self.factors = repeat_factors(values, t.repeat_threshold)
         elif t.sampler == "authors":
-            self.factors = authors_repeat_factors(self.train_set.label_values())
+            self.factors = authors_repeat_factors(values)
         else:
-            self.factors = np.ones(len(labels))
+            self.factors = np.ones(len(values))
         empty = [
             c
             for c, n in zip(
