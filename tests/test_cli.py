@@ -35,3 +35,12 @@ def test_tables_print_whole_rows_into_a_log_file():
         assert cell in row or cell in text
     # COLUMNS, where the user sets it, still decides the width.
     assert "…" in _piped({**env, "COLUMNS": "60"})
+
+
+def test_the_command_line_module_imports_no_torch():
+    """The image cache's worker processes import the program's main module again (forkserver and
+    spawn): for ``trcgl`` that is :mod:`trcgl.cli`, which must stay light."""
+    heavy = ("torch", "timm", "albumentations")
+    code = f"import sys, trcgl.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,15 +25,16 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from trcgl.data.manifest import Manifest
 from trcgl.errors import DataError
 from trcgl.files import atomic_write_text
-from trcgl.labels.graph import LabelGraph
-from trcgl.training.data import TrainingData, with_synthetic
+
+if TYPE_CHECKING:
+    from trcgl.training.data import TrainingData
 
 #: The prepare stage's record of label statistics, groups and the image cache.
 LABEL_STATS = "label_stats.json"
@@ -201,6 +202,12 @@ class RunDir:
         """What training and evaluation read from this prepared run; with ``synthetic`` the
         kept synthetic images join the training split (an error if the diffusion stage has
         not written them)."""
+        # Imported here: they load torch and the augmentations, which the commands that only
+        # read a run's records (and the image cache's worker processes, which import the
+        # command-line module again) do not need.
+        from trcgl.labels.graph import LabelGraph
+        from trcgl.training.data import TrainingData, with_synthetic
+
         info = self.label_stats()
         cache = info.get("cache")
         if not cache:
