@@ -27,8 +27,8 @@ Decisions:
   ``forkserver`` start method (this module preloaded) where available, ``spawn`` elsewhere:
   never a plain ``fork`` of a parent that may already run torch or OpenCV threads. Both start
   methods import the program's main module again in each worker (for ``trcgl``, the
-  command-line module), so :mod:`trcgl.cli` imports no torch: a worker starts in about half a
-  second instead of three.
+  command-line module), so :mod:`trcgl.cli` imports no torch and a worker starts in about half a
+  second.
 * **Resumable and atomic.** Each PNG is written through :func:`~trcgl.files.atomic_path`, so a
   killed run leaves no half-written PNG (at most a hidden ``.name.*.tmp.png``, never read);
   outputs that already exist are skipped, so running again finishes the job.
